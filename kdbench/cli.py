@@ -1,0 +1,236 @@
+"""The ``kdbench`` command line (typer).
+
+Every anticipated failure (bad option, missing file, broken plugin, NaN loss,
+locked store) ends as one line on stderr and a non-zero exit: 2 for a usage
+error, 1 for a run that failed. Nothing already computed is lost.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdbench.config import PROFILES, ConfigError, load_config_file, parse_hp, resolve
+from kdbench.data.registry import DatasetError
+from kdbench.distiller import DistillerError
+from kdbench.store import ResultsStore, StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Knowledge-distillation benchmark for facial-forgery detection (TOKD and baselines).")
+plugins_app = typer.Typer(help="List installed distillers, or check one against the contract.")
+teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(teacher_app, name="teacher")
+
+console = Console(stderr=True)
+out = Console()
+
+USAGE_ERRORS = (ConfigError, DistillerError, DatasetError)
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line and an exit code instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from kdbench.teacher_cache import CacheError
+        from kdbench.trainer import TrainingError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except USAGE_ERRORS as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except (StoreError, TrainingError, CacheError, FileNotFoundError, ValueError, OSError) as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: the last finished epoch is checkpointed; re-run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def workspace(workdir: Optional[Path]) -> Any:
+    from kdbench.runner import Workspace
+
+    return Workspace(Path(workdir or os.environ.get("KDBENCH_HOME", ".kdbench")))
+
+
+def _log(msg: str) -> None:
+    console.print(msg, highlight=False)
+
+
+WorkdirOpt = typer.Option(None, "--workdir", help="Results store, teacher cache and checkpoints (default ./.kdbench or $KDBENCH_HOME).")
+
+
+def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
+                 hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
+                 test_dataset: Optional[str] = None) -> Any:
+    from kdbench.data.registry import dataset_builders
+    from kdbench.models.students import available_students
+
+    if student not in available_students():
+        raise ConfigError(f"unknown student {student!r}; choose one of: {', '.join(available_students())}")
+    for name in filter(None, (dataset, test_dataset)):
+        if name not in dataset_builders():
+            raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(dataset_builders()))}")
+    file_cfg = load_config_file(config) if config else None
+    teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
+    train = {"epochs": epochs} if epochs else {}
+    return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
+                   hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset)
+
+
+@app.command()
+@cli_errors
+def run(
+    method: str = typer.Option("tokd", "--method", "-m", help="Distiller (see `kdbench plugins`)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both (default: both where supported)."),
+    student: str = typer.Option("res18t", "--student", "-s", help="res18t | res34t | xception."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    test_dataset: Optional[str] = typer.Option(None, "--test-dataset", help="Test on another dataset (Table 7)."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help=f"{' | '.join(PROFILES)} or a .toml/.yaml file."),
+    seed: int = typer.Option(0, "--seed"),
+    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML config file ([train], [teacher], [hp.<method>])."),
+    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="Local pretrained branch weights."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the profile's epochs."),
+    rotation_dim: Optional[int] = typer.Option(None, "--rotation-dim", help="TOKD: rotation size d."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
+    no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
+    no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+    workdir: Optional[Path] = WorkdirOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train one student with one distiller and store the record."""
+    from kdbench.runner import pick_device
+    from kdbench.runner import run as run_one
+
+    sugar = {"rotation_dim": rotation_dim, "alpha": alpha,
+             "rotation": False if no_rotation else None, "projector": False if no_projector else None}
+    hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
+    cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset)
+    ws = workspace(workdir)
+    store = ResultsStore(ws.store_path)
+    done = store.get(cfg.hash)
+    if done is not None and done.status == "done":
+        _log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
+        rec = done
+    else:
+        rec = run_one(cfg, ws, store, pick_device(device), log=_log, progress=progress and console.is_terminal)
+    print_metrics(rec)
+
+
+def print_metrics(rec: Any) -> None:
+    test = rec.metrics["test"]
+    table = Table(title=f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
+                        f"best val epoch {rec.metrics['best_epoch'] + 1})")
+    for key in ("acc", "auc", "eer", "ap", "video_auc"):
+        if key in test:
+            table.add_column(f"test {key.upper()} %", justify="right")
+    table.add_row(*(f"{test[k]:.2f}" for k in ("acc", "auc", "eer", "ap", "video_auc") if k in test))
+    out.print(table)
+    out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False)
+
+
+@teacher_app.command("train")
+@cli_errors
+def teacher_train(
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    profile: str = typer.Option("cpu", "--profile", "-p"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Optional[Path] = WorkdirOpt,
+) -> None:
+    """Train (or find in the cache) the teacher for a dataset and profile."""
+    from kdbench.data.registry import load_dataset
+    from kdbench.runner import pick_device
+    from kdbench.teacher_cache import ensure_teacher
+
+    cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None)
+    splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
+    t = ensure_teacher(cfg, splits, workspace(workdir).root, pick_device(device), log=_log,
+                       progress=console.is_terminal)
+    out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str))
+
+
+@plugins_app.callback(invoke_without_command=True)
+@cli_errors
+def plugins_list(ctx: typer.Context) -> None:
+    """Every installed distiller with its modes, defaults and providing distribution."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kdbench.plugins import registry
+
+    reg = registry()
+    table = Table(title="kdbench distillers")
+    for col in ("name", "modes", "defaults", "provided by"):
+        table.add_column(col)
+    for name, cls in sorted(reg.distillers.items()):
+        defaults = ", ".join(f"{k}={v.value}" for k, v in cls.defaults.items())
+        table.add_row(name, ", ".join(cls.modes), defaults, reg.providers.get(name, "?"))
+    out.print(table)
+    for name, err in sorted(reg.errors.items()):
+        out.print(f"[red]broken plugin[/red] {name}: {err}", highlight=False)
+
+
+@app.command()
+@cli_errors
+def results(
+    fmt: str = typer.Option("table", "--format", help="table | json | csv."),
+    delete: Optional[str] = typer.Option(None, "--delete", help="Delete the record with this hash."),
+    workdir: Optional[Path] = WorkdirOpt,
+) -> None:
+    """List stored runs, or export them."""
+    import csv
+
+    store = ResultsStore(workspace(workdir).store_path)
+    if delete:
+        store.delete(delete)
+        _log(f"deleted {delete}")
+        return
+    recs = store.query()
+    if fmt == "json":
+        out.print_json(json.dumps([r.__dict__ for r in recs], default=str))
+        return
+    rows = [{"hash": r.hash, "method": r.method, "mode": r.mode, "student": r.student, "dataset": r.dataset,
+             "test_dataset": r.test_dataset, "profile": r.profile, "seed": r.seed, "status": r.status,
+             **{f"test_{k}": round(v, 4) for k, v in ((r.metrics or {}).get("test") or {}).items()},
+             "wall_time": round(r.wall_time or 0, 1), "error": r.error or ""} for r in recs]
+    if fmt == "csv":
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(sys.stdout, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    if fmt != "table":
+        raise ConfigError(f"unknown format {fmt!r}; choose one of: table, json, csv")
+    table = Table(title=f"{len(recs)} runs in {store.path}")
+    for col in ("hash", "method", "mode", "student", "dataset", "seed", "status", "test acc", "test auc", "wall s"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["hash"], r["method"], r["mode"], r["student"], r["test_dataset"], str(r["seed"]),
+                      r["status"], f"{r.get('test_acc', float('nan')):.2f}", f"{r.get('test_auc', float('nan')):.2f}",
+                      str(r["wall_time"]))
+    out.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Run configuration: dataclasses, TOML/YAML profiles and the content hash.
+
+A run is fully described by a ``RunConfig`` resolved from a profile (data),
+per-dataset overrides and command-line options. Its hash (over everything
+that can change the result, nothing else) identifies the run in the results
+store and makes grids resumable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+class ConfigError(ValueError):
+    """A profile, config file or option value is invalid."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = 64
+    epochs: int = 6
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    lr_step: int = 5
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    log_every: int = 10  # diagnostic steps (gradient cosine) every N steps
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    backbone: str = "res18t"
+    epochs: int = 6
+    lr: float = 1e-3
+    batch_size: int = 64
+    lr_step: int = 5
+    lr_gamma: float = 0.1
+    proj_channels: int = 128
+    freq_ratio: float = 1 / 3
+    seed: int = 0
+    weights: str | None = None  # local pretrained branch weights (state_dict file)
+    weights_sha256: str | None = None  # filled in at resolution: the hash sees the file's content
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str = "tokd"
+    mode: str = "both"
+    student: str = "res18t"
+    dataset: str = "synthetic"
+    test_dataset: str | None = None  # cross-dataset testing (Table 7); None = same dataset
+    profile: str = "cpu"
+    seed: int = 0
+    hp: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def hash(self) -> str:
+        return digest(self.to_dict())
+
+
+def digest(obj: Any) -> str:
+    """Short stable content hash of a JSON-able object."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A built-in profile by name, or a TOML/YAML file path."""
+    if name in PROFILES:
+        return tomllib.loads(resources.files("kdbench.profiles").joinpath(f"{name}.toml").read_text())
+    path = Path(name)
+    if path.suffix in (".toml", ".yaml", ".yml") and path.is_file():
+        return load_config_file(path)
+    raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)} (or a .toml/.yaml file)")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"malformed config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"malformed config file {path}: expected a table/mapping at the top level")
+    return data
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    """``dataclasses.replace`` with unknown keys reported by name."""
+    names = {f.name for f in fields(obj)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {where} setting {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    typed = {}
+    for f in fields(obj):
+        if f.name in values:
+            default = getattr(obj, f.name)
+            value = values[f.name]
+            try:
+                typed[f.name] = type(default)(value) if default is not None and value is not None else value
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.{f.name}={value!r} is not a valid {type(default).__name__}") from None
+    return replace(obj, **typed)
+
+
+def resolve(
+    method: str = "tokd",
+    mode: str | None = None,
+    student: str = "res18t",
+    dataset: str = "synthetic",
+    profile: str = "cpu",
+    seed: int = 0,
+    hp: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    teacher: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    test_dataset: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Profile, then the profile's per-dataset section, then a config file, then explicit options."""
+    prof = load_profile(profile)
+    per_dataset = prof.get("dataset", {}).get(dataset, {})
+    config = config or {}
+    train_cfg, teacher_cfg = TrainConfig(), TeacherConfig()
+    hp_all: dict[str, Any] = {}
+    data_cfg: dict[str, Any] = {}
+    for layer, layer_data in ((prof, prof.get("data", {}).get(dataset, {})),
+                              (per_dataset, per_dataset.get("data", {})),
+                              (config, config.get("data", {}).get(dataset, {}))):
+        train_cfg = _apply(train_cfg, layer.get("train", {}), "train")
+        teacher_cfg = _apply(teacher_cfg, layer.get("teacher", {}), "teacher")
+        hp_all.update(layer.get("hp", {}).get(method, {}))
+        data_cfg.update(layer_data)
+    train_cfg = _apply(train_cfg, dict(train or {}), "train")
+    teacher_cfg = _apply(teacher_cfg, dict(teacher or {}), "teacher")
+    hp_all.update(hp or {})
+    data_cfg.update(data or {})
+    if teacher_cfg.weights:
+        path = Path(teacher_cfg.weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"teacher weights file not found: {path}")
+        teacher_cfg = replace(teacher_cfg, weights=str(path.resolve()), weights_sha256=file_sha256(path))
+    resolved_mode = resolve_mode(method, mode)
+    hp_full = resolve_hp(method, hp_all)
+    return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset,
+                     test_dataset=test_dataset if test_dataset != dataset else None, profile=profile, seed=seed,
+                     hp=hp_full, data=data_cfg, train=train_cfg, teacher=teacher_cfg)
+
+
+def resolve_mode(method: str, mode: str | None) -> str:
+    """``None`` means the method's most complete mode: "both" where it has one."""
+    from kdbench.plugins import get_distiller_class
+
+    cls = get_distiller_class(method)
+    if mode is None:
+        return "both" if "both" in cls.modes else cls.modes[0]
+    if mode not in cls.modes:
+        raise ConfigError(f"method {method!r} has no mode {mode!r}; choose one of: {', '.join(cls.modes)}")
+    return mode
+
+
+def resolve_hp(method: str, hp: Mapping[str, Any]) -> dict[str, Any]:
+    """All of the method's hyper-parameters, defaults filled in, so the hash sees them."""
+    from kdbench.distiller import resolve_hparams
+    from kdbench.plugins import get_distiller_class
+
+    return resolve_hparams(get_distiller_class(method), hp)
+
+
+def parse_hp(items: list[str]) -> dict[str, str]:
+    """``["beta=300", "p=2"]`` -> ``{"beta": "300", "p": "2"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--hp expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

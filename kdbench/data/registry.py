@@ -1,0 +1,45 @@
+"""Dataset lookup: built-ins first, then ``kdbench_datasets`` plugins."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from kdbench.data.frames import FrameSplits
+
+DatasetBuilder = Callable[[int, Mapping[str, Any]], FrameSplits]
+
+
+class DatasetError(ValueError):
+    """A dataset is unknown, missing or unreadable."""
+
+
+def _synthetic(image_size: int, options: Mapping[str, Any]) -> FrameSplits:
+    from kdbench.data.synthetic import SyntheticConfig, build_synthetic
+
+    try:
+        cfg = SyntheticConfig(image_size=image_size, **options)
+    except TypeError as exc:
+        raise DatasetError(f"bad synthetic dataset option: {exc}") from None
+    return build_synthetic(cfg)
+
+
+BUILTIN: dict[str, DatasetBuilder] = {"synthetic": _synthetic}
+
+
+def dataset_builders() -> dict[str, DatasetBuilder]:
+    from kdbench.plugins import registry
+
+    builders = dict(BUILTIN)
+    for extra in registry().manager.hook.kdbench_datasets():
+        builders.update({k: v for k, v in (extra or {}).items() if k not in builders})
+    return builders
+
+
+def load_dataset(name: str, image_size: int, options: Mapping[str, Any]) -> FrameSplits:
+    builders = dataset_builders()
+    if name not in builders:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(builders))}")
+    splits = builders[name](image_size, options)
+    for split, frames in splits.items():
+        if len(frames) == 0:
+            raise DatasetError(f"dataset {name!r}: split {split!r} is empty")
+    return splits

@@ -1,0 +1,307 @@
+"""TOKD's rotation module: R_k in SO(d) acting on the first d coordinates of vec(S_B(x)).
+
+Layout (notes/rotation-design.md, section 0): each sample's feature z of shape
+(C, H, W) is flattened in logical (C, H, W) order to a vector of length
+D = C*H*W; R_k rotates its first d coordinates, ``m_k = diag(R_k, I_{D-d}) vec(z)``
+(RotoGrad's partial rotation of a flat latent). Rows are samples, so in code a
+rotation is ``z[:, :d] @ R.T`` and its transpose ``g[:, :d] @ R``.
+
+The leader (Eq. 13-16) never sees the network: it gets the per-branch
+gradients w.r.t. m_k that tensor hooks captured during the trainer's single
+backward, builds L_R on a tiny graph (B x d times d x d) and moves R. Three
+updates (``update``):
+
+* ``riemannian`` (default): R is a buffer. The Euclidean gradient G of L_R
+  w.r.t. R is projected to the Lie algebra, Omega = skew(R^T G), and R moves
+  along the geodesic R <- R expm(-lr * step(Omega)) (a gradient-free matrix
+  exponential). QR with a sign fix re-orthonormalises every ``reortho_every``
+  leader steps so float drift cannot accumulate.
+* ``expm``: R = B expm(A - A^T) with A (strict lower triangle) a parameter and
+  B a buffer: RotoGrad's geotorch trivialisation; autograd through matrix_exp.
+* ``cayley``: R = B (I - S/2)^{-1} (I + S/2), S = A - A^T; autograd through solve.
+
+Maps and updates run in float32 with autocast off. The leader optimiser (SGD or
+Adam, weight decay 0) is ours, acting on Omega (riemannian) or on A; its state
+and step counters travel in ``get_extra_state`` so checkpoints resume exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from kdbench.distiller import DistillerError
+
+UPDATES = ("riemannian", "expm", "cayley")
+OPTIMIZERS = ("sgd", "adam")
+TARGETS = ("mean", "rotograd")
+LOSSES = ("cos", "rotograd_mse")
+INITS = ("identity", "haar")
+EPS = 1e-12
+
+
+def skew_of(A: Tensor) -> Tensor:
+    """The skew-symmetric matrix S = L - L^T of A's strict lower triangle L (geotorch's frame)."""
+    L = A.tril(-1)
+    return L - L.transpose(-2, -1)
+
+
+def haar_rotation(k: int, d: int, generator: torch.Generator | None = None) -> Tensor:
+    """k Haar-distributed rotations (k, d, d), det +1 checked with slogdet (det underflows for d >= 512)."""
+    q, r = torch.linalg.qr(torch.randn(k, d, d, generator=generator, dtype=torch.float64))
+    q = q * r.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)
+    q[..., 0] *= torch.linalg.slogdet(q).sign.unsqueeze(-1)
+    return q.float()
+
+
+def orthonormalize(R: Tensor) -> Tensor:
+    """Nearest-by-QR rotation: Q of R's QR with sign fix (diag of the triangle > 0), so det(Q) = sign det(R)."""
+    q, r = torch.linalg.qr(R.double())
+    return (q * r.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)).to(R.dtype)
+
+
+def target_vector(v: Sequence[Tensor], kind: str = "mean") -> Tensor:
+    """Eq. 15's g (B, D) from per-branch gradients v^k = dL_k/dz: ``mean`` is (1/K) sum_k v^k;
+    ``rotograd`` first rescales each task's B x D matrix to the Frobenius norm of their mean."""
+    mean = torch.stack(list(v)).mean(0)
+    if kind == "mean":
+        return mean
+    if kind == "rotograd":
+        norm = mean.norm()
+        return torch.stack([x * (norm / x.norm().clamp_min(EPS)) for x in v]).mean(0)
+    raise DistillerError(f"rotation_target {kind!r} unknown; choose one of: {', '.join(TARGETS)}")
+
+
+class LeaderOptimizer:
+    """SGD (Eq. 16) or Adam on a (K, d, d) gradient; returns the step direction (the caller scales by lr)."""
+
+    def __init__(self, kind: str = "sgd", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if kind not in OPTIMIZERS:
+            raise DistillerError(f"rotation_optimizer {kind!r} unknown; choose one of: {', '.join(OPTIMIZERS)}")
+        self.kind, self.betas, self.eps = kind, betas, eps
+        self.t = 0
+        self.m: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def direction(self, grad: Tensor) -> Tensor:
+        self.t += 1
+        if self.kind == "sgd":
+            return grad
+        b1, b2 = self.betas
+        if self.m is None:
+            self.m, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
+        self.m, self.v = self.m.to(grad.device), self.v.to(grad.device)
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        return m_hat / (v_hat.sqrt() + self.eps)  # skew in, skew out (elementwise ops, v symmetric)
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "t": self.t, "m": self.m, "v": self.v}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["kind"] != self.kind:
+            raise DistillerError(f"checkpoint has a {state['kind']!r} rotation optimizer, this run uses {self.kind!r}")
+        clone = lambda x: None if x is None else x.detach().clone()  # noqa: E731 - never share buffers
+        self.t, self.m, self.v = int(state["t"]), clone(state["m"]), clone(state["v"])
+
+
+@dataclass
+class LeaderResult:
+    """What one leader step saw: v^k = R_k^T g~_k (pre-update R), the target, L_R, and whether it was skipped."""
+
+    v: list[Tensor]
+    target: Tensor | None
+    loss: Tensor | None
+    skipped: bool
+
+
+class Rotation(nn.Module):
+    """K rotations in SO(d) of the first d coordinates of a (C, H, W) latent, with their leader update."""
+
+    def __init__(self, latent_shape: Sequence[int], dim: int, num: int = 2, update: str = "riemannian",
+                 optimizer: str = "sgd", init: str = "identity", reortho_every: int = 100) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in latent_shape)
+        D = math.prod(shape)
+        named = "*".join("CHW"[: len(shape)]) if len(shape) <= 3 else "numel"
+        if dim > D:
+            raise DistillerError(
+                f"rotation_dim d={dim} exceeds the student latent size D={named}="
+                f"{'*'.join(map(str, shape))}={D}; choose d <= {D}"
+            )
+        if dim < 1:
+            raise DistillerError(f"rotation_dim d={dim} must be >= 1 (turn rotation off with rotation=false)")
+        if update not in UPDATES:
+            raise DistillerError(f"rotation_update {update!r} unknown; choose one of: {', '.join(UPDATES)}")
+        if init not in INITS:
+            raise DistillerError(f"rotation_init {init!r} unknown; choose one of: {', '.join(INITS)}")
+        self.latent_shape, self.D, self.d, self.num, self.update = shape, D, int(dim), int(num), update
+        self.reortho_every = int(reortho_every)
+        start = torch.eye(dim).expand(num, dim, dim).clone() if init == "identity" else haar_rotation(num, dim)
+        if update == "riemannian":
+            self.register_buffer("R", start)
+        else:
+            self.A = nn.Parameter(torch.zeros(num, dim, dim))
+            self.register_buffer("base", start)
+        self.opt = LeaderOptimizer(optimizer)
+        self.leader_steps = 0  # updates applied
+        self.skipped_steps = 0  # updates skipped (non-finite gradients)
+        self.since_reortho = 0
+
+    # -- the map ----------------------------------------------------------
+    def leader_parameters(self) -> tuple[nn.Parameter, ...]:
+        return () if self.update == "riemannian" else (self.A,)
+
+    def matrices(self) -> Tensor:
+        """(K, d, d) rotations in float32; for expm/cayley the graph to A is kept (evaluate once per step)."""
+        if self.update == "riemannian":
+            return self.R
+        with torch.autocast(self.A.device.type, enabled=False):
+            S = skew_of(self.A.float())
+            if self.update == "expm":
+                Q = torch.linalg.matrix_exp(S)
+            else:
+                eye = torch.eye(self.d, device=S.device, dtype=S.dtype)
+                Q = torch.linalg.solve(eye - 0.5 * S, eye + 0.5 * S)
+            return self.base @ Q
+
+    def _check(self, z: Tensor) -> None:
+        if z[0].numel() != self.D:
+            raise DistillerError(
+                f"student latent changed: rotation built for D={self.D} {self.latent_shape}, got {tuple(z.shape[1:])}"
+            )
+
+    def rotate(self, z: Tensor, R: Tensor) -> Tensor:
+        """m = diag(R, I) vec(z) per sample, same shape and dtype as z; pass ``R.detach()`` in the forward."""
+        self._check(z)
+        flat = z.flatten(1)
+        with torch.autocast(z.device.type, enabled=False):
+            head = (flat[:, : self.d].float() @ R.transpose(-2, -1)).to(z.dtype)
+        out = head if self.d == self.D else torch.cat([head, flat[:, self.d:]], dim=1)
+        return out.view(z.shape)
+
+    def rotate_back(self, g: Tensor, R: Tensor) -> Tensor:
+        """R^T g per sample on a flat (B, D) float tensor (the gradient w.r.t. z from one w.r.t. m)."""
+        head = g[:, : self.d] @ R
+        return head if self.d == self.D else torch.cat([head, g[:, self.d:]], dim=1)
+
+    # -- the leader ---------------------------------------------------------
+    def rotation_loss(self, grads: Sequence[Tensor], Rs: Tensor, target: Tensor, loss: str = "cos") -> Tensor:
+        """L_R summed over branches k and samples n (Eq. 13, sum not mean; cosine over the full D).
+
+        ``cos``: -sum_k sum_n cos(R_k^T g~_{k,n}, g_n). ``rotograd_mse``: RotoGrad's
+        sum_k sum_n ||R_k g_n - g~_{k,n}||^2 (its batch-sum for flat latents). Only the first d
+        coordinates depend on R; the tail enters as a constant."""
+        d, total = self.d, Rs.new_zeros(())
+        for k, g in enumerate(grads):
+            if loss == "cos":
+                dot = ((g[:, :d] @ Rs[k]) * target[:, :d]).sum(1) + (g[:, d:] * target[:, d:]).sum(1)
+                total = total - (dot / (g.norm(dim=1) * target.norm(dim=1)).clamp_min(EPS)).sum()
+            elif loss == "rotograd_mse":
+                diff = target[:, :d] @ Rs[k].transpose(-2, -1) - g[:, :d]
+                total = total + diff.square().sum() + (target[:, d:] - g[:, d:]).square().sum()
+            else:
+                raise DistillerError(f"rotation_loss {loss!r} unknown; choose one of: {', '.join(LOSSES)}")
+        return total
+
+    @torch.no_grad()
+    def reorthonormalize(self) -> None:
+        """Project the kept rotations back onto SO(d) (riemannian R, or the expm/cayley base)."""
+        buf = self.R if self.update == "riemannian" else self.base
+        buf.copy_(orthonormalize(buf))
+        self.since_reortho = 0
+
+    def leader_gradient(self, grads: Sequence[Tensor], matrices: Tensor | None = None, target: str = "mean",
+                        loss: str = "cos") -> tuple[Tensor, LeaderResult]:
+        """Euclidean gradient of L_R w.r.t. the leader state (R for riemannian, A otherwise).
+
+        ``grads``: captured g~_k w.r.t. m_k, (B, ...) per branch, unweighted. ``matrices``: the
+        (K, d, d) rotations the forward used (with their graph to A for expm/cayley); recomputed
+        when omitted. Returns the gradient and what the step saw (v^k = R_k^T g~_k, target, L_R)."""
+        device = grads[0].device
+        with torch.autocast(device.type, enabled=False), torch.enable_grad():
+            g = [x.detach().float().flatten(1) for x in grads]
+            Rs = self.matrices() if matrices is None else matrices
+            if self.update == "riemannian":
+                Rs = leaf = Rs.detach().clone().requires_grad_(True)
+            else:
+                leaf = self.A
+            v = [self.rotate_back(x, Rs[k].detach()) for k, x in enumerate(g)]
+            tgt = target_vector(v, target).detach()
+            L = self.rotation_loss(g, Rs, tgt, loss)
+            (G,) = torch.autograd.grad(L, leaf)
+        return G, LeaderResult(v, tgt, L.detach(), False)
+
+    def leader_step(self, grads: Sequence[Tensor], lr: float, matrices: Tensor | None = None,
+                    target: str = "mean", loss: str = "cos") -> LeaderResult:
+        """One leader update (Eq. 13-16) from captured gradients; see ``leader_gradient``.
+
+        Non-finite gradients skip the update (R and the optimiser state unchanged). Under
+        torch.distributed the Euclidean gradient is averaged across ranks first (a non-finite
+        rank poisons the average, so every rank skips together): all ranks keep the same R."""
+        distributed = dist.is_available() and dist.is_initialized()
+        finite = all(bool(torch.isfinite(x).all()) for x in grads)
+        if not finite and not distributed:
+            self.skipped_steps += 1
+            with torch.no_grad():
+                Rs = (self.matrices() if matrices is None else matrices).detach()
+                v = [self.rotate_back(x.detach().float().flatten(1), Rs[k]) for k, x in enumerate(grads)]
+            return LeaderResult(v, None, None, True)
+        G, result = self.leader_gradient(grads, matrices, target, loss)
+        if not finite:
+            G = torch.full_like(G, float("nan"))
+        if distributed:  # identical R on every rank: average the leader gradient
+            dist.all_reduce(G)
+            G /= dist.get_world_size()
+        if not bool(torch.isfinite(G).all()):
+            self.skipped_steps += 1
+            result.skipped = True
+            return result
+        self._update(G, lr)
+        return result
+
+    @torch.no_grad()
+    def _update(self, G: Tensor, lr: float) -> None:
+        if self.update == "riemannian":
+            R = self.R
+            M = R.transpose(-2, -1) @ G
+            omega = 0.5 * (M - M.transpose(-2, -1))  # Riemannian gradient, left-trivialised
+            self.R.copy_(R @ torch.linalg.matrix_exp(-lr * self.opt.direction(omega)))
+            self.since_reortho += 1
+            if self.reortho_every > 0 and self.since_reortho >= self.reortho_every:
+                self.reorthonormalize()
+        else:
+            self.A.sub_(lr * self.opt.direction(G))
+        self.leader_steps += 1
+
+    # -- diagnostics & checkpoints --------------------------------------------
+    @torch.no_grad()
+    def angles(self, R: Tensor | None = None) -> Tensor:
+        """||R_k - I||_F per rotation (0 at the identity); ``R`` defaults to the current matrices."""
+        R = (self.matrices() if R is None else R).detach()
+        return (R - torch.eye(self.d, device=R.device)).flatten(1).norm(dim=1)
+
+    @torch.no_grad()
+    def orthogonality_error(self) -> float:
+        R = self.matrices().detach().double()
+        return float((R.transpose(-2, -1) @ R - torch.eye(self.d, dtype=R.dtype, device=R.device)).abs().max())
+
+    def get_extra_state(self) -> dict:
+        return {"update": self.update, "opt": self.opt.state_dict(), "leader_steps": self.leader_steps,
+                "skipped_steps": self.skipped_steps, "since_reortho": self.since_reortho}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state["update"] != self.update:
+            raise DistillerError(f"checkpoint has rotation_update={state['update']!r}, this run uses {self.update!r}")
+        self.opt.load_state_dict(state["opt"])
+        self.leader_steps, self.skipped_steps = int(state["leader_steps"]), int(state["skipped_steps"])
+        self.since_reortho = int(state["since_reortho"])
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, D={self.D}, num={self.num}, update={self.update}, optimizer={self.opt.kind}"

@@ -1,0 +1,120 @@
+"""The results store: one SQLite record per run, keyed by the resolved-config hash.
+
+WAL mode and a busy timeout let several ``kdbench grid --shard`` processes
+write to one store at once; every write is a single short transaction.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    hash TEXT PRIMARY KEY,
+    method TEXT, mode TEXT, student TEXT, dataset TEXT, test_dataset TEXT,
+    profile TEXT, seed INTEGER, spec TEXT,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    metrics TEXT, history TEXT, error TEXT,
+    wall_time REAL, device TEXT, versions TEXT, teacher TEXT,
+    created REAL, updated REAL
+);
+"""
+COLUMNS = ("hash", "method", "mode", "student", "dataset", "test_dataset", "profile", "seed", "spec",
+           "status", "config", "metrics", "history", "error", "wall_time", "device", "versions", "teacher",
+           "created", "updated")
+JSON_COLUMNS = ("config", "metrics", "history", "versions")
+
+
+class StoreError(RuntimeError):
+    """The results database cannot be opened or written (locked, full disk, corrupt)."""
+
+
+@dataclass
+class RunRecord:
+    hash: str
+    method: str
+    mode: str
+    student: str
+    dataset: str
+    test_dataset: str
+    profile: str
+    seed: int
+    spec: str
+    status: str  # running | done | failed
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    history: dict[str, Any] | None = None
+    error: str | None = None
+    wall_time: float | None = None
+    device: str | None = None
+    versions: dict[str, str] | None = None
+    teacher: str | None = None
+    created: float = 0.0
+    updated: float = 0.0
+
+
+class ResultsStore:
+    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open results store {self.path}: {exc}") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=self.timeout)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            with self._connect() as db:
+                db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write results store {self.path}: {exc}") from None
+
+    def put(self, rec: RunRecord) -> None:
+        now = time.time()
+        rec.created = rec.created or now
+        rec.updated = now
+        values = tuple(json.dumps(getattr(rec, c)) if c in JSON_COLUMNS else getattr(rec, c) for c in COLUMNS)
+        marks = ",".join("?" * len(COLUMNS))
+        self._write(f"INSERT OR REPLACE INTO runs ({','.join(COLUMNS)}) VALUES ({marks})", values)
+
+    def get(self, run_hash: str) -> RunRecord | None:
+        rows = self.query("hash = ?", (run_hash,))
+        return rows[0] if rows else None
+
+    def query(self, where: str = "1", args: tuple = ()) -> list[RunRecord]:
+        try:
+            with self._connect() as db:
+                rows = db.execute(f"SELECT {','.join(COLUMNS)} FROM runs WHERE {where} ORDER BY created", args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read results store {self.path}: {exc}") from None
+        out = []
+        for row in rows:
+            data = dict(zip(COLUMNS, row))
+            for c in JSON_COLUMNS:
+                data[c] = json.loads(data[c]) if data[c] else None
+            out.append(RunRecord(**data))
+        return out
+
+    def done_hashes(self) -> set[str]:
+        return {r.hash for r in self.query("status = 'done'")}
+
+    def delete(self, run_hash: str) -> None:
+        self._write("DELETE FROM runs WHERE hash = ?", (run_hash,))

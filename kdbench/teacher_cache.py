@@ -1,0 +1,199 @@
+"""The shared, cached dual-branch teacher.
+
+The teacher is trained once per (dataset config, teacher config, teacher
+seed) and its tapped features are cached per split, tap and reduction; both
+are keyed by a content hash, verified on load, and rebuilt when stale or
+corrupt (never silently used). Every distiller and student reuses them.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+from kdbench.config import RunConfig, TrainConfig, digest, file_sha256
+from kdbench.io import atomic_save, safe_load
+from kdbench.data.frames import FrameSet, FrameSplits, normalize
+from kdbench.models.teacher import DualBranchTeacher
+
+TEACHER_FORMAT = 1
+Log = Callable[[str], None]
+
+
+class CacheError(RuntimeError):
+    """A cache entry is stale, corrupt or from an incompatible version."""
+
+
+def teacher_key(cfg: RunConfig) -> dict[str, Any]:
+    """Everything that determines the teacher's weights and features."""
+    teacher = asdict(cfg.teacher)
+    teacher.pop("weights")  # the file's content (weights_sha256) matters, not where it lies
+    return {"format": TEACHER_FORMAT, "dataset": cfg.dataset, "data": dict(cfg.data),
+            "image_size": cfg.train.image_size, "teacher": teacher}
+
+
+def reduction_name(fn: Callable[[Tensor], Tensor] | None) -> str:
+    return "raw" if fn is None else f"{fn.__module__}.{fn.__qualname__}"
+
+
+@dataclass
+class Teacher:
+    """A trained, frozen teacher and where its cache lives."""
+
+    model: DualBranchTeacher
+    hash: str
+    root: Path
+    metrics: dict[str, Any]
+    cached: bool  # True when loaded from the cache rather than trained now
+
+    @torch.inference_mode()
+    def _compute(self, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable], device: torch.device,
+                 batch_size: int = 128) -> dict[str, Tensor]:
+        out: dict[str, list[Tensor]] = {t: [] for t in taps}
+        for start in range(0, len(frames), batch_size):
+            _, all_taps = self.model(normalize(frames.images[start:start + batch_size].to(device)))
+            for t in taps:
+                value = all_taps[t]
+                if t in reductions:
+                    value = reductions[t](value)
+                out[t].append(value.float().cpu())
+        return {t: torch.cat(v) for t, v in out.items()}
+
+    def features(self, split: str, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable],
+                 device: torch.device, log: Log = print) -> dict[str, Tensor]:
+        """Cached teacher taps for every frame of ``split`` (computed once, then reused)."""
+        result: dict[str, Tensor] = {}
+        missing = []
+        for tap in taps:
+            path = self._feature_path(split, tap, reductions.get(tap))
+            try:
+                result[tap] = self._load_feature(path, split, tap, reductions.get(tap), len(frames))
+            except FileNotFoundError:
+                missing.append(tap)
+            except CacheError as exc:
+                log(f"teacher {self.hash}: {exc}; rebuilding")
+                missing.append(tap)
+        if missing:
+            with _locked(self.root):
+                computed = self._compute(frames, missing, reductions, device)
+                for tap, value in computed.items():
+                    red = reductions.get(tap)
+                    atomic_save({"format": TEACHER_FORMAT, "teacher": self.hash, "split": split, "tap": tap,
+                                  "reduction": reduction_name(red), "n": len(frames), "values": value},
+                                 self._feature_path(split, tap, red))
+                result.update(computed)
+        return result
+
+    def _feature_path(self, split: str, tap: str, reduction: Callable | None) -> Path:
+        return self.root / "features" / f"{split}-{tap}-{digest(reduction_name(reduction))[:8]}.pt"
+
+    def _load_feature(self, path: Path, split: str, tap: str, reduction: Callable | None, n: int) -> Tensor:
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        try:
+            entry = safe_load(path)
+        except Exception as exc:  # noqa: BLE001
+            raise CacheError(f"corrupt feature file {path.name} ({type(exc).__name__})") from None
+        expected = {"format": TEACHER_FORMAT, "teacher": self.hash, "split": split, "tap": tap,
+                    "reduction": reduction_name(reduction), "n": n}
+        if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in expected.items()):
+            raise CacheError(f"stale feature file {path.name}")
+        values = entry["values"]
+        if not isinstance(values, Tensor) or values.shape[0] != n or not torch.isfinite(values).all():
+            raise CacheError(f"corrupt feature file {path.name} (bad values)")
+        return values
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One process at a time trains or extracts a given teacher (grid shards share it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_teacher(cfg: RunConfig) -> DualBranchTeacher:
+    t = cfg.teacher
+    model = DualBranchTeacher(t.backbone, cfg.train.image_size, t.proj_channels, freq_ratio=t.freq_ratio)
+    if t.weights:
+        model.load_branch_weights(t.weights)
+    return model
+
+
+def _load_teacher(root: Path, key_hash: str, cfg: RunConfig) -> tuple[DualBranchTeacher, dict[str, Any]]:
+    path = root / "teacher.pt"
+    manifest = root / "manifest.json"
+    if not path.is_file() or not manifest.is_file():
+        raise FileNotFoundError(path)
+    try:
+        meta = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        raise CacheError("unreadable manifest") from None
+    if meta.get("format") != TEACHER_FORMAT or meta.get("hash") != key_hash:
+        raise CacheError(f"stale entry (format {meta.get('format')}, key {meta.get('hash')})")
+    if file_sha256(path) != meta.get("sha256"):
+        raise CacheError("checkpoint does not match its recorded checksum (corrupt or modified)")
+    try:
+        state = safe_load(path)
+    except Exception as exc:  # noqa: BLE001
+        raise CacheError(f"unreadable checkpoint ({type(exc).__name__})") from None
+    model = DualBranchTeacher(cfg.teacher.backbone, cfg.train.image_size, cfg.teacher.proj_channels,
+                              freq_ratio=cfg.teacher.freq_ratio)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise CacheError("checkpoint does not fit the configured teacher") from None
+    return model, meta.get("metrics", {})
+
+
+def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, device: torch.device,
+                   log: Log = print, progress: bool = True) -> Teacher:
+    """The cached teacher for ``cfg``, trained now if there is none (or it is stale/corrupt)."""
+    from kdbench.trainer import fit
+
+    key_hash = digest(teacher_key(cfg))
+    root = workdir / "teachers" / key_hash
+    with _locked(root):
+        try:
+            model, metrics = _load_teacher(root, key_hash, cfg)
+            log(f"teacher: cached {key_hash} (val acc {metrics.get('val', {}).get('acc', float('nan')):.2f}, "
+                f"test acc {metrics.get('test', {}).get('acc', float('nan')):.2f})")
+            cached = True
+        except FileNotFoundError:
+            model, metrics, cached = None, {}, False
+        except CacheError as exc:
+            log(f"teacher {key_hash}: {exc}; rebuilding")
+            for stale in (root / "features").glob("*.pt"):
+                stale.unlink()
+            model, metrics, cached = None, {}, False
+        if model is None:
+            log(f"teacher: training {key_hash} ({cfg.teacher.backbone} branches, {cfg.teacher.epochs} epochs)")
+            t = cfg.teacher
+            torch.manual_seed(t.seed)
+            model = build_teacher(cfg).to(device)
+            tcfg = TrainConfig(image_size=cfg.train.image_size, epochs=t.epochs, batch_size=t.batch_size,
+                               eval_batch_size=cfg.train.eval_batch_size, lr=t.lr, lr_step=t.lr_step,
+                               lr_gamma=t.lr_gamma, log_every=0)
+            res = fit(model, splits["train"], splits["val"], splits["test"], tcfg, seed=t.seed, device=device,
+                      label="teacher", progress=progress)
+            metrics = {"best_epoch": res.best_epoch, "val": res.val, "test": res.test,
+                       "params": sum(p.numel() for p in model.parameters())}
+            atomic_save(res.best_state, root / "teacher.pt")
+            manifest = {"format": TEACHER_FORMAT, "hash": key_hash, "key": teacher_key(cfg),
+                        "sha256": file_sha256(root / "teacher.pt"), "metrics": metrics}
+            (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+            log(f"teacher: trained {key_hash} (val acc {res.val['acc']:.2f}, test acc {res.test['acc']:.2f})")
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return Teacher(model=model, hash=key_hash, root=root, metrics=metrics, cached=cached)

@@ -1,0 +1,212 @@
+"""The training loop shared by students and the teacher.
+
+CE plus the distiller's weighted terms, one backward, Adam(0.9, 0.999),
+StepLR stepped once per epoch, validation every epoch; the state with the best
+*validation* accuracy is kept and only it is evaluated on test. Every epoch
+ends with an atomic full-state checkpoint, so a killed run resumes where it
+stopped and finishes with the same numbers.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor, nn
+
+from kdbench.config import TrainConfig
+from kdbench.data.frames import FrameSet, normalize
+from kdbench.distiller import Distiller, StepInfo, check_finite
+from kdbench.io import atomic_save, safe_load
+from kdbench.metrics import forgery_metrics
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """A run cannot continue (non-finite loss, incompatible checkpoint)."""
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    val: dict[str, float]
+    test: dict[str, float]
+    history: dict[str, Any]
+    best_state: dict[str, Tensor] = field(repr=False)
+
+
+def grad_cosine(terms: Mapping[str, Tensor], taps: Mapping[str, Tensor]) -> float | None:
+    """Batch-mean cosine between the gradients of ``kd_rgb`` and ``kd_fre`` w.r.t. the
+    student taps (the paper's Fig. 4 quantity). The gradients stop at the taps, so
+    this back-propagates through the distiller's own heads only, never the backbone."""
+    if "kd_rgb" not in terms or "kd_fre" not in terms:
+        return None
+    inputs = [t for t in taps.values() if t.requires_grad]
+    if not inputs:
+        return None
+
+    def flat(term: Tensor) -> Tensor:
+        grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(x)).flatten(1).float()
+                          for g, x in zip(grads, inputs)], dim=1)
+
+    gr, gf = flat(terms["kd_rgb"]), flat(terms["kd_fre"])
+    return float(F.cosine_similarity(gr, gf, dim=1, eps=1e-12).mean())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, frames: FrameSet, batch_size: int, device: torch.device) -> Tensor:
+    """P(fake) per frame, in eval mode."""
+    was = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(frames), batch_size):
+        x = normalize(frames.images[start:start + batch_size].to(device))
+        logits, _ = model(x)
+        probs.append(logits.float().softmax(1)[:, 1].cpu())
+    model.train(was)
+    return torch.cat(probs)
+
+
+def evaluate(model: nn.Module, frames: FrameSet, batch_size: int, device: torch.device) -> dict[str, float]:
+    return forgery_metrics(frames.labels.numpy(), predict(model, frames, batch_size, device).numpy(), frames.videos)
+
+
+def fit(
+    model: nn.Module,
+    train: FrameSet,
+    val: FrameSet,
+    test: FrameSet,
+    cfg: TrainConfig,
+    seed: int,
+    distiller: Distiller | None = None,
+    teacher_features: Callable[[Tensor], dict[str, Tensor]] | None = None,
+    device: torch.device | str = "cpu",
+    checkpoint: Path | None = None,
+    identity: str = "",
+    label: str = "train",
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` (a ``(logits, taps)`` module) and return test metrics at the best-val epoch.
+
+    ``teacher_features(indices)`` returns the teacher taps the distiller consumes
+    for those training samples (cached tensors, already reduced).
+    ``checkpoint``: where the per-epoch full state goes; if it exists and carries
+    the same ``identity`` the run resumes from it.
+    """
+    device = torch.device(device)
+    extra = distiller.student_parameters() if distiller is not None else []
+    opt = torch.optim.Adam([*model.parameters(), *extra], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    gen = torch.Generator().manual_seed(seed)
+    history: dict[str, Any] = {"epochs": [], "diagnostics": []}
+    best: tuple[float, int, dict[str, float], dict[str, Tensor]] | None = None
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, identity)
+        model.load_state_dict(state["model"])
+        if distiller is not None:
+            distiller.load_state_dict(state["distiller"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        best = (state["best_acc"], state["best_epoch"], state["best_val"], state["best_state"])
+        start_epoch = state["epoch"] + 1
+
+    n = len(train)
+    bs = cfg.batch_size
+    steps_per_epoch = max(1, n // bs) if n % bs < 2 else n // bs + 1  # no batch of one (BN)
+    s_taps = distiller.student_taps() if distiller is not None else []
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            if distiller is not None:
+                distiller.train()
+            perm = torch.randperm(n, generator=gen)
+            sums: dict[str, float] = {}
+            seen, t0 = 0, time.perf_counter()
+            for i in range(steps_per_epoch):
+                idx = perm[i * bs:(i + 1) * bs]
+                step = epoch * steps_per_epoch + i
+                log = cfg.log_every > 0 and step % cfg.log_every == 0
+                x = normalize(train.images[idx].to(device, non_blocking=True))
+                y = train.labels[idx].to(device)
+                logits, taps = model(x)
+                terms = {"ce": F.cross_entropy(logits, y)}
+                diag: dict[str, float] = {}
+                if distiller is not None:
+                    feats = teacher_features(idx) if teacher_features is not None else {}
+                    student = {k: taps[k] for k in s_taps}
+                    kd = distiller(student, feats, y)
+                    terms.update(kd)
+                    if log and distiller.mode == "both" and not getattr(distiller, "reports_grad_cos", False):
+                        cos = grad_cosine(kd, student)
+                        if cos is not None:
+                            diag["grad_cos"] = cos
+                bad = check_finite(terms)
+                if bad is not None:
+                    raise TrainingError(f"non-finite loss at epoch {epoch} step {step}: term {bad!r} = {float(terms[bad])}")
+                loss = sum(terms.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if distiller is not None:
+                    info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                                    student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log)
+                    diag.update(distiller.after_backward(info) or {})
+                opt.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                seen += len(idx)
+                if diag:
+                    history["diagnostics"].append({"step": step, "epoch": epoch, **diag})
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=1, stats=f"ep {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f} {rate:.0f} img/s")
+            sched.step()
+            val_metrics = evaluate(model, val, cfg.eval_batch_size, device)
+            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_time": time.perf_counter() - t0,
+                   "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                   **{f"loss_{k}": v / max(seen, 1) for k, v in sums.items()},
+                   **{f"val_{k}": v for k, v in val_metrics.items()}}
+            history["epochs"].append(row)
+            if best is None or val_metrics["acc"] > best[0]:
+                best = (val_metrics["acc"], epoch, val_metrics, copy.deepcopy(model.state_dict()))
+            if checkpoint is not None:
+                atomic_save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
+                              "model": model.state_dict(),
+                              "distiller": distiller.state_dict() if distiller is not None else {},
+                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                              "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                              "history": history, "best_acc": best[0], "best_epoch": best[1],
+                              "best_val": best[2], "best_state": best[3]}, checkpoint)
+            if on_epoch is not None:
+                on_epoch(row)
+
+    assert best is not None, "no epoch ran"
+    model.load_state_dict(best[3])  # selected on validation; test is evaluated once, here
+    test_metrics = evaluate(model, test, cfg.eval_batch_size, device)
+    return FitResult(best_epoch=best[1], val=best[2], test=test_metrics, history=history, best_state=best[3])
+
+
+def load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
+    """A checkpoint written by ``fit`` for the same run, or a one-line error saying why not."""
+    try:
+        state = safe_load(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
+        raise TrainingError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"checkpoint {path} has format {state.get('format')}, this kdbench writes {CHECKPOINT_FORMAT}")
+    if state.get("identity") != identity:
+        raise TrainingError(f"checkpoint {path} belongs to another configuration ({state.get('identity')} != {identity})")
+    return state

@@ -1,0 +1,1 @@
+"""Built-in kdbench distillers, one plugin module each."""

@@ -1,0 +1,95 @@
+"""The core pipeline on the smoke profile: teacher cache, selection on val, determinism."""
+import dataclasses
+
+import pytest
+import torch
+
+import kdbench.trainer as trainer
+from kdbench.config import resolve
+from kdbench.data.registry import load_dataset
+from kdbench.runner import Workspace, run
+from kdbench.store import ResultsStore
+from kdbench.teacher_cache import ensure_teacher
+
+CPU = torch.device("cpu")
+
+
+def smoke(method="vanilla", **kw):
+    return resolve(method=method, profile="smoke", **kw)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    cfg = smoke()
+    return load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
+
+
+def test_teacher_cache_reuse_and_invalidation(tmp_path, splits):
+    cfg = smoke()
+    logs = []
+    first = ensure_teacher(cfg, splits, tmp_path, CPU, log=logs.append, progress=False)
+    assert not first.cached and any("training" in m for m in logs)
+    logs.clear()
+    second = ensure_teacher(cfg, splits, tmp_path, CPU, log=logs.append, progress=False)
+    assert second.cached and second.hash == first.hash
+    assert logs == [m for m in logs if m.startswith(f"teacher: cached {first.hash}")]
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    # a different teacher config is a different key
+    other = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, epochs=1))
+    assert ensure_teacher(other, splits, tmp_path, CPU, log=logs.append, progress=False).hash != first.hash
+
+    # features are cached, and a corrupt feature file is detected and rebuilt
+    feats = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
+    again = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
+    assert torch.equal(feats["rgb.pooled"], again["rgb.pooled"])
+    (path,) = (first.root / "features").glob("val-rgb.pooled-*.pt")
+    path.write_bytes(b"garbage")
+    logs.clear()
+    rebuilt = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
+    assert any("corrupt feature file" in m for m in logs)
+    assert torch.equal(rebuilt["rgb.pooled"], feats["rgb.pooled"])
+
+    # a corrupt teacher checkpoint is detected and the teacher is retrained
+    (first.root / "teacher.pt").write_bytes(b"\0" * 100)
+    logs.clear()
+    third = ensure_teacher(cfg, splits, tmp_path, CPU, log=logs.append, progress=False)
+    assert not third.cached
+    assert any("rebuilding" in m for m in logs)
+
+
+def test_selection_on_validation_not_test(splits, monkeypatch):
+    seen = []
+    real_evaluate = trainer.evaluate
+
+    def spy(model, frames, batch_size, device):
+        seen.append("test" if frames is splits["test"] else "val" if frames is splits["val"] else "?")
+        return real_evaluate(model, frames, batch_size, device)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    from kdbench.models.students import build_student
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(smoke().train, epochs=3)
+    res = trainer.fit(build_student("res18t"), splits["train"], splits["val"], splits["test"], cfg, seed=0,
+                      progress=False)
+    assert seen == ["val", "val", "val", "test"]  # test once, after selection
+    val_accs = [row["val_acc"] for row in res.history["epochs"]]
+    assert res.best_epoch == val_accs.index(max(val_accs))
+    assert res.val["acc"] == max(val_accs)
+
+
+def test_two_identical_runs_are_identical(tmp_path):
+    cfg = smoke("fitnet", mode="both")
+    metrics = []
+    for name in ("a", "b"):
+        ws = Workspace(tmp_path / name)
+        rec = run(cfg, ws, ResultsStore(ws.store_path), CPU, log=lambda m: None, progress=False)
+        assert rec.status == "done"
+        metrics.append((rec.metrics["test"], [r["loss_ce"] for r in rec.history["epochs"]]))
+        stored = ResultsStore(ws.store_path).get(cfg.hash)
+        assert stored.status == "done" and stored.metrics["test"] == rec.metrics["test"]
+        assert {"kd_rgb", "kd_fre"} <= {k[5:] for k in rec.history["epochs"][0] if k.startswith("loss_")}
+        assert any("grad_cos" in d for d in rec.history["diagnostics"])
+    assert metrics[0] == metrics[1]
