@@ -144,6 +144,60 @@ def print_metrics(rec: Any) -> None:
     out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False)
 
 
+@app.command()
+@cli_errors
+def grid(
+    spec: str = typer.Argument(..., help="table3 | table4 | table5 | table6 | table7 | fig3, or a TOML/YAML spec file."),
+    profile: str = typer.Option("cpu", "--profile", "-p"),
+    students: Optional[str] = typer.Option(None, "--students", help="Comma-separated students (default: the spec's)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
+    datasets: Optional[str] = typer.Option(None, "--datasets", help="Comma-separated datasets (default: the spec's)."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
+    config: Optional[Path] = typer.Option(None, "--config"),
+    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
+    device: str = typer.Option("auto", "--device"),
+    workdir: Optional[Path] = WorkdirOpt,
+) -> None:
+    """Run a grid of cells, skipping finished ones (resumable, shardable)."""
+    from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
+    from kdbench.runner import pick_device
+    from kdbench.runner import run as run_one
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    for name in split(students) or []:
+        build_config("vanilla", None, name, "synthetic", profile, 0, [], None, None, None)  # validates the name
+    cells = expand(spec, profile=profile, students=split(students), methods=split(methods), datasets=split(datasets),
+                   seeds=parse_seeds(seeds), config=load_config_file(config) if config else None,
+                   teacher={"weights": str(teacher_weights)} if teacher_weights else None)
+    cells = shard(cells, *parse_shard(shard_opt))
+    ws = workspace(workdir)
+    store = ResultsStore(ws.store_path)
+    status = {r.hash: r.status for r in store.query()}
+    if dry_run:
+        table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile)")
+        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+            table.add_column(col)
+        for i, cell in enumerate(cells, 1):
+            c = cell.cfg
+            table.add_row(str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset, str(c.seed),
+                          " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
+                          status.get(c.hash, "todo"))
+        out.print(table)
+        done = sum(status.get(c.cfg.hash) == "done" for c in cells)
+        out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
+        return
+    dev = pick_device(device)
+    report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, dev, spec=cell.spec, log=_log,
+                                                  progress=console.is_terminal),
+                      lambda cell: status.get(cell.cfg.hash) == "done", log=_log)
+    out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
+              f"{len(report.failed)} failed", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @teacher_app.command("train")
 @cli_errors
 def teacher_train(

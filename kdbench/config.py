@@ -71,7 +71,15 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
+        """Identity of the run: everything that can change its result."""
         return digest(self.to_dict())
+
+    @property
+    def cell(self) -> str:
+        """Identity of the table cell: the run's hash without the seed (seeds are aggregated)."""
+        data = self.to_dict()
+        data.pop("seed")
+        return digest(data)
 
 
 def digest(obj: Any) -> str:

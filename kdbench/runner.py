@@ -62,12 +62,12 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, device: torch.device
         log: Log = print, progress: bool = True) -> RunRecord:
     """Train ``cfg`` and store its record; a failure is recorded, then re-raised."""
     run_hash = cfg.hash
-    rec = RunRecord(hash=run_hash, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
+    rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
                     status="running", config=cfg.to_dict(), device=device_name(device), versions=versions())
     previous = store.get(run_hash)
-    if previous is not None:
-        rec.created = previous.created
+    if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
+        rec.created, rec.wall_time = previous.created, previous.wall_time
     store.put(rec)
     emit("run_start", rec.config, {"hash": run_hash})
     t0 = time.perf_counter()

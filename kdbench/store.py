@@ -16,6 +16,7 @@ from typing import Any, Iterator
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     hash TEXT PRIMARY KEY,
+    cell TEXT,
     method TEXT, mode TEXT, student TEXT, dataset TEXT, test_dataset TEXT,
     profile TEXT, seed INTEGER, spec TEXT,
     status TEXT NOT NULL,
@@ -24,8 +25,9 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_time REAL, device TEXT, versions TEXT, teacher TEXT,
     created REAL, updated REAL
 );
+CREATE INDEX IF NOT EXISTS runs_cell ON runs (cell);
 """
-COLUMNS = ("hash", "method", "mode", "student", "dataset", "test_dataset", "profile", "seed", "spec",
+COLUMNS = ("hash", "cell", "method", "mode", "student", "dataset", "test_dataset", "profile", "seed", "spec",
            "status", "config", "metrics", "history", "error", "wall_time", "device", "versions", "teacher",
            "created", "updated")
 JSON_COLUMNS = ("config", "metrics", "history", "versions")
@@ -38,6 +40,7 @@ class StoreError(RuntimeError):
 @dataclass
 class RunRecord:
     hash: str
+    cell: str
     method: str
     mode: str
     student: str
@@ -112,6 +115,10 @@ class ResultsStore:
                 data[c] = json.loads(data[c]) if data[c] else None
             out.append(RunRecord(**data))
         return out
+
+    def by_cell(self, cell: str) -> list[RunRecord]:
+        """Finished runs of one table cell (all seeds)."""
+        return self.query("cell = ? AND status = 'done'", (cell,))
 
     def done_hashes(self) -> set[str]:
         return {r.hash for r in self.query("status = 'done'")}

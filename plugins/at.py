@@ -79,7 +79,13 @@ class AT(Distiller):
             loss = 0.0
             for st in self.stages:
                 tap = f"{branch}.{st}"
-                t_energy = teacher[tap] if p == CACHED_P else energy(teacher[tap], p)
+                if p == CACHED_P:  # already reduced by at_energy
+                    t_energy = teacher[tap]
+                    if t_energy.shape[1] != 1:
+                        raise DistillerError(f"AT expects {tap!r} reduced by at_energy (N x 1 x H x W), "
+                                             f"got {tuple(t_energy.shape)}")
+                else:
+                    t_energy = energy(teacher[tap], p)
                 size = self.sizes[tap]
                 loss = loss + (attention(s_energy[st], size) - attention(t_energy, size)).pow(2).mean()
             terms[f"kd_{branch}"] = self.hp["beta"] * loss

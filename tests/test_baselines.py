@@ -34,6 +34,16 @@ SHAPE_CASES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two OpenMP threads under
+    contention made a step 10-50x slower (measured); restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # -- helpers -------------------------------------------------------------------
 def shapes(s_map, t_map, s_dim=16, t_dim=24):
     s = {st: s_map for st in STAGES} | {"pooled": (s_dim,)}
@@ -190,43 +200,41 @@ def test_fitnet_equals_torchdistill_convreg(kernel):
 
 
 # -- golden values: closed form on hand-checkable tensors ----------------------
-def tiny(method, s_map, t_map, student, teacher, **hp):
-    s_sh, t_sh = shapes(s_map, t_map, student.get("pooled", torch.zeros(1, 1)).shape[1], teacher.get("rgb.pooled", torch.zeros(1, 1)).shape[1])
-    d = create_distiller(method, "rgb", s_sh, t_sh, **hp)
-    return d, d(student, reduce(d, teacher), torch.zeros(1, dtype=torch.long))["kd_rgb"]
+def tiny(method, shape_maps, student, teacher, **hp):
+    """kd_rgb of a fresh rgb-mode distiller on hand-made tensors."""
+    d = create_distiller(method, "rgb", *shapes(*shape_maps), **hp)
+    return d, d(student, reduce(d, teacher), None)["kd_rgb"]
 
 
 def test_at_closed_form():
     # student energy (9+16)/2 at pixel 0 only -> a_s = [1, 0]; teacher -> a_t = [0, 1]; mean sq diff = 1.
-    s = torch.tensor([[[[3.0, 0.0]], [[4.0, 0.0]]]])
-    t = torch.tensor([[[[0.0, 2.0]]]])
-    _, kd = tiny("at", (2, 1, 2), (1, 1, 2), {"stage1": s}, {"rgb.stage1": t}, stages="stage1")
+    s = {"stage1": torch.tensor([[[[3.0, 0.0]], [[4.0, 0.0]]]])}
+    _, kd = tiny("at", ((2, 1, 2), (1, 1, 2)), s, {"rgb.stage1": torch.tensor([[[[0.0, 2.0]]]])}, stages="stage1")
     close(kd, 1000.0)
-    # teacher 1x4 pooled to 1x2 before normalising: [1,1,0,0]^2 -> [1, 0] -> a_t = a_s -> 0.
-    t4 = torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]]])
-    _, kd = tiny("at", (2, 1, 2), (1, 1, 4), {"stage1": s}, {"rgb.stage1": t4}, stages="stage1")
+    # a 1x4 teacher is pooled to 1x2 before normalising: [1,1,0,0]^2 -> [1, 0] = a_s -> 0.
+    t4 = {"rgb.stage1": torch.tensor([[[[1.0, 1.0, 0.0, 0.0]]]])}
+    _, kd = tiny("at", ((2, 1, 2), (1, 1, 4)), s, t4, stages="stage1")
     close(kd, 0.0)
 
 
 def test_pkt_closed_form():
     # orthogonal students: P_s rows (2/3, 1/3); parallel teachers: P_t rows (1/2, 1/2).
-    s, t = torch.eye(2), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    _, kd = tiny("pkt", (1, 1, 1), (1, 1, 1), {"pooled": s}, {"rgb.pooled": t})
+    s, t = {"pooled": torch.eye(2)}, {"rgb.pooled": torch.tensor([[1.0, 0.0], [1.0, 0.0]])}
+    _, kd = tiny("pkt", ((1, 1, 1), (1, 1, 1), 2, 2), s, t)
     close(kd, 30000 * math.log(1.125) / 4)
 
 
 def test_sp_closed_form():
-    # G_s = I; G_t = ones -> rows (1/sqrt2, 1/sqrt2); ||diff||^2 = 4 - 2 sqrt2, over N^2 = 4.
-    s = torch.eye(2).view(2, 2, 1, 1)
-    t = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1)
-    _, kd = tiny("sp", (2, 1, 1), (2, 1, 1), {"stage4": s}, {"rgb.stage4": t})
+    # G_s = I; G_t = ones -> L2 rows (1/sqrt2, 1/sqrt2); ||diff||^2 = 4 - 2 sqrt2, over N^2 = 4.
+    s = {"stage4": torch.eye(2).view(2, 2, 1, 1)}
+    t = {"rgb.stage4": torch.tensor([[1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1)}
+    _, kd = tiny("sp", ((2, 1, 1), (2, 1, 1)), s, t)
     close(kd, 3000 * (1 - math.sqrt(2) / 2))
 
 
 def test_vid_closed_form():
     # unit weights: mu = relu(relu(2)) = 2; t = 3; var = 5 -> 0.5 * (1/5 + log 5).
-    s_sh, t_sh = shapes((1, 1, 1), (1, 1, 1))
-    d = create_distiller("vid", "rgb", s_sh, t_sh, stages="stage3")
+    d = create_distiller("vid", "rgb", *shapes((1, 1, 1), (1, 1, 1)), stages="stage3")
     for p in d.regressors["rgb"]["stage3"].regressor.parameters():
         torch.nn.init.ones_(p)
     kd = d({"stage3": torch.full((1, 1, 1, 1), 2.0)}, {"rgb.stage3": torch.full((1, 1, 1, 1), 3.0)}, None)["kd_rgb"]
@@ -235,8 +243,7 @@ def test_vid_closed_form():
 
 def test_fitnet_closed_form():
     # conv = identity; BN(train) of [1, 3] -> [-1, 1]/sqrt(1+eps); ReLU -> [0, ~1]; target 0 -> MSE ~ 1/2.
-    s_sh, t_sh = shapes((1, 1, 1), (1, 1, 1))
-    d = create_distiller("fitnet", "rgb", s_sh, t_sh)
+    d = create_distiller("fitnet", "rgb", *shapes((1, 1, 1), (1, 1, 1)))
     with torch.no_grad():
         d.regressors["rgb"].conv.weight.fill_(1.0)
         d.regressors["rgb"].conv.bias.zero_()
@@ -270,7 +277,8 @@ def test_both_mode_terms_are_separate(method):
     s_sh, t_sh = shapes(*SHAPE_CASES["teacher-larger"])
     s, t = random_taps(s_sh), random_taps(t_sh, seed=1)
     d = create_distiller(method, "both", s_sh, t_sh)
-    assert sorted(d.teacher_taps()) == sorted(f"{b}.{x.split('.', 1)[1]}" for b in ("rgb", "fre") for x in d.teacher_taps() if x.startswith("rgb."))
+    rgb = sorted(x.split(".", 1)[1] for x in d.teacher_taps() if x.startswith("rgb."))
+    assert sorted(d.teacher_taps()) == sorted(f"{b}.{x}" for b in ("rgb", "fre") for x in rgb)
     base = run(d, s, t)
     for changed, fixed in (("fre", "rgb"), ("rgb", "fre")):
         perturbed = {k: v * 2 + 1 if k.startswith(changed) else v for k, v in t.items()}

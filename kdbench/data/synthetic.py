@@ -156,7 +156,7 @@ def _resample(img: np.ndarray, factor: float) -> np.ndarray:
     return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).transpose(2, 0, 1) / 255
 
 
-def _forge(rng: np.random.Generator, img: np.ndarray, u: np.ndarray, v: np.ndarray, d: float, px: float) -> np.ndarray:
+def _forge(rng: np.random.Generator, img: np.ndarray, u: np.ndarray, v: np.ndarray, d: float) -> np.ndarray:
     """Blend a resampled, colour-shifted copy of the inner face back with a soft alpha mask."""
     ru, rv = rng.uniform(0.65, 0.85), rng.uniform(0.65, 0.8)
     r = np.sqrt((u - rng.uniform(-0.1, 0.1)) ** 2 / ru**2 + (v - rng.uniform(0.05, 0.2)) ** 2 / rv**2)
@@ -173,7 +173,7 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(_to_uint8(img)).save(buf, format="JPEG", quality=int(np.clip(quality, 1, 95)))
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8)
+    return np.array(Image.open(buf).convert("RGB"), dtype=np.uint8)  # writable copy
 
 
 def synthetic_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, int]:
@@ -186,9 +186,8 @@ def synthetic_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.nd
     rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], index])
     label = FAKE if rng.uniform() < cfg.fake_fraction else REAL
     img, u, v = _render_real(rng, cfg.image_size)
-    fake_rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], index, 1])  # reals never consume it
-    if label == FAKE:
-        img = _forge(fake_rng, img, u, v, cfg.difficulty, 1.0 / cfg.image_size)
+    if label == FAKE:  # own stream: the real render and the JPEG quality stay those of the real
+        img = _forge(np.random.default_rng([cfg.seed, SPLIT_IDS[split], index, 1]), img, u, v, cfg.difficulty)
     quality = cfg.jpeg_quality + int(rng.integers(-5, 6))
     return _jpeg(img, quality), label
 

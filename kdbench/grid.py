@@ -1,0 +1,144 @@
+"""Grids of runs: spec files expanded into cells, run resumably and shardably.
+
+A spec (TOML/YAML) lists students, datasets and groups of methods/modes with
+fixed hyper-parameters and sweeps. Every cell is a resolved ``RunConfig``;
+its hash identifies it, so finished cells are skipped, failed ones are
+recorded and retried on the next invocation, and ``--shard i/n`` splits the
+cells deterministically between machines that share (or later merge) a store.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from kdbench.config import ConfigError, RunConfig, load_config_file, resolve
+
+BUILTIN_SPECS = ("table3", "table4", "table5", "table6", "table7", "fig3")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid, with the labels tables use to place it."""
+
+    cfg: RunConfig
+    spec: str
+    label: str  # the group's label (or the method name)
+    variant: dict[str, Any] = field(default_factory=dict)  # this cell's sweep values
+
+
+def load_spec(name: str) -> tuple[str, dict[str, Any]]:
+    """A built-in spec by name, or a user's TOML/YAML file."""
+    if name in BUILTIN_SPECS:
+        text = resources.files("kdbench.specs").joinpath(f"{name}.toml").read_text()
+        import tomllib
+
+        return name, tomllib.loads(text)
+    path = Path(name)
+    if path.is_file():
+        return path.stem, load_config_file(path)
+    raise ConfigError(f"unknown grid spec {name!r}; choose one of: {', '.join(BUILTIN_SPECS)} (or a .toml/.yaml file)")
+
+
+def _listify(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand(
+    name: str,
+    profile: str = "cpu",
+    students: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    config: dict[str, Any] | None = None,
+    teacher: dict[str, Any] | None = None,
+) -> list[Cell]:
+    """All cells of spec ``name``; options narrow or replace the spec's own lists."""
+    spec_name, spec = load_spec(name)
+    groups = spec.get("group") or []
+    if not groups:
+        raise ConfigError(f"grid spec {spec_name!r} has no [[group]]")
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for group in groups:
+        group_students = list(students or group.get("students") or spec.get("students") or ["res18t"])
+        group_datasets = list(datasets or group.get("datasets") or spec.get("datasets") or ["synthetic"])
+        test_sets = list(group.get("test_datasets") or spec.get("test_datasets") or [None])
+        sweep = group.get("sweep", {})
+        keys = list(sweep)
+        for method in _listify(group.get("methods", [])):
+            if methods and method not in methods:
+                continue
+            for mode, student, dataset, test_ds, values, seed in itertools.product(
+                _listify(group.get("modes", [None])), group_students, group_datasets, test_sets,
+                itertools.product(*(_listify(sweep[k]) for k in keys)), seeds,
+            ):
+                variant = dict(zip(keys, values))
+                cfg = resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile,
+                              seed=seed, hp={**group.get("hp", {}), **variant}, config=config, teacher=teacher,
+                              test_dataset=test_ds)
+                if cfg.hash in seen:
+                    continue
+                seen.add(cfg.hash)
+                cells.append(Cell(cfg, spec_name, group.get("label", method), variant))
+    return cells
+
+
+def shard(cells: Iterable[Cell], index: int, count: int) -> list[Cell]:
+    """Cells of shard ``index`` (1-based) of ``count``: a stable split by config hash."""
+    if count < 1 or not 1 <= index <= count:
+        raise ConfigError(f"--shard must be i/n with 1 <= i <= n, got {index}/{count}")
+    return [c for c in cells if int(c.cfg.hash, 16) % count == index - 1]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 1, 1
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like 2/4, got {text!r}") from None
+    return i, n
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
+
+
+@dataclass
+class GridReport:
+    done_before: list[Cell] = field(default_factory=list)
+    ran: list[Cell] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+
+
+def run_grid(cells: Sequence[Cell], run_cell: Callable[[Cell], Any], is_done: Callable[[Cell], bool],
+             log: Callable[[str], None] = print) -> GridReport:
+    """Run every cell not yet done; a failing cell is recorded and the grid goes on.
+    KeyboardInterrupt stops the grid (the cell's last epoch is checkpointed)."""
+    report = GridReport()
+    todo = []
+    for cell in cells:
+        (report.done_before if is_done(cell) else todo).append(cell)
+    if not todo:
+        log(f"grid: all {len(cells)} cells already done; nothing to run")
+        return report
+    log(f"grid: {len(todo)} of {len(cells)} cells to run ({len(report.done_before)} already done)")
+    for n, cell in enumerate(todo, 1):
+        c = cell.cfg
+        log(f"[{n}/{len(todo)}] {c.method}/{c.mode} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip())
+        try:
+            run_cell(cell)
+            report.ran.append(cell)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded in the store by the runner; the grid goes on
+            report.failed.append((cell, f"{type(exc).__name__}: {exc}"))
+            log(f"  failed: {type(exc).__name__}: {exc}")
+    return report
