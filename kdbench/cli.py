@@ -75,7 +75,8 @@ WorkdirOpt = typer.Option(None, "--workdir", help="Results store, teacher cache 
 
 def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
                  hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
-                 test_dataset: Optional[str] = None) -> Any:
+                 test_dataset: Optional[str] = None, data: Optional[dict[str, Any]] = None,
+                 test_data: Optional[dict[str, Any]] = None) -> Any:
     from kdbench.data.registry import dataset_builders
     from kdbench.models.students import available_students
 
@@ -88,7 +89,24 @@ def build_config(method: str, mode: Optional[str], student: str, dataset: str, p
     teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
     train = {"epochs": epochs} if epochs else {}
     return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
-                   hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset)
+                   hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset,
+                   data=data, test_data=test_data)
+
+
+def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
+    """``--data key=value`` (values parsed as YAML scalars/lists) plus ``--data-root DIR``."""
+    import yaml
+
+    opts = {k: yaml.safe_load(v) if v else v for k, v in parse_hp(items).items()}
+    if root is not None:
+        if not root.is_dir():
+            raise ConfigError(f"dataset root not found: {root}")
+        opts["root"] = str(root.resolve())
+    return opts
+
+
+DataOpt = typer.Option([], "--data", help="Dataset option key=value (repeatable), e.g. methods=[Deepfakes].")
+DataRootOpt = typer.Option(None, "--data-root", help="Prepared dataset directory (kdbench prepare --out).")
 
 
 @app.command()
@@ -105,6 +123,9 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML config file ([train], [teacher], [hp.<method>])."),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="Local pretrained branch weights."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the profile's epochs."),
+    data: list[str] = DataOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    test_data_root: Optional[Path] = typer.Option(None, "--test-data-root", help="Prepared test dataset directory."),
     rotation_dim: Optional[int] = typer.Option(None, "--rotation-dim", help="TOKD: rotation size d."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
@@ -120,7 +141,8 @@ def run(
     sugar = {"rotation_dim": rotation_dim, "alpha": alpha,
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
-    cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset)
+    cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
+                       data_options(data, data_root), data_options([], test_data_root))
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
     done = store.get(cfg.hash)
@@ -157,6 +179,8 @@ def grid(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
     config: Optional[Path] = typer.Option(None, "--config"),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
+    data: list[str] = DataOpt,
+    data_root: Optional[Path] = DataRootOpt,
     device: str = typer.Option("auto", "--device"),
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -170,7 +194,8 @@ def grid(
         build_config("vanilla", None, name, "synthetic", profile, 0, [], None, None, None)  # validates the name
     cells = expand(spec, profile=profile, students=split(students), methods=split(methods), datasets=split(datasets),
                    seeds=parse_seeds(seeds), config=load_config_file(config) if config else None,
-                   teacher={"weights": str(teacher_weights)} if teacher_weights else None)
+                   teacher={"weights": str(teacher_weights)} if teacher_weights else None,
+                   data=data_options(data, data_root))
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
@@ -205,6 +230,8 @@ def teacher_train(
     profile: str = typer.Option("cpu", "--profile", "-p"),
     config: Optional[Path] = typer.Option(None, "--config"),
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
+    data: list[str] = DataOpt,
+    data_root: Optional[Path] = DataRootOpt,
     device: str = typer.Option("auto", "--device"),
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -213,7 +240,8 @@ def teacher_train(
     from kdbench.runner import pick_device
     from kdbench.teacher_cache import ensure_teacher
 
-    cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None)
+    cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
+                       data=data_options(data, data_root))
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, pick_device(device), log=_log,
                        progress=console.is_terminal)

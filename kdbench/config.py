@@ -59,6 +59,7 @@ class RunConfig:
     student: str = "res18t"
     dataset: str = "synthetic"
     test_dataset: str | None = None  # cross-dataset testing (Table 7); None = same dataset
+    test_data: Mapping[str, Any] = field(default_factory=dict)  # the test dataset's options
     profile: str = "cpu"
     seed: int = 0
     hp: Mapping[str, Any] = field(default_factory=dict)
@@ -151,6 +152,7 @@ def resolve(
     data: Mapping[str, Any] | None = None,
     test_dataset: str | None = None,
     config: Mapping[str, Any] | None = None,
+    test_data: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Profile, then the profile's per-dataset section, then a config file, then explicit options."""
     prof = load_profile(profile)
@@ -177,9 +179,11 @@ def resolve(
         teacher_cfg = replace(teacher_cfg, weights=str(path.resolve()), weights_sha256=file_sha256(path))
     resolved_mode = resolve_mode(method, mode)
     hp_full = resolve_hp(method, hp_all)
-    return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset,
-                     test_dataset=test_dataset if test_dataset != dataset else None, profile=profile, seed=seed,
-                     hp=hp_full, data=data_cfg, train=train_cfg, teacher=teacher_cfg)
+    cross = test_dataset if test_dataset != dataset else None
+    cross_data = {**prof.get("data", {}).get(cross, {}), **(test_data or {})} if cross else {}
+    return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset, test_dataset=cross,
+                     test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
+                     teacher=teacher_cfg)
 
 
 def resolve_mode(method: str, mode: str | None) -> str:

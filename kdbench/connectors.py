@@ -51,6 +51,12 @@ def parse_stages(value: str, allowed: Iterable[str] = STAGES) -> list[str]:
     return stages
 
 
+def fp32(x: Tensor) -> Tensor:
+    """``x`` in at least float32: bf16/fp16 taps are promoted before Gram matrices and
+    normalisations, float64 (tests) is kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def common_size(a: Size, b: Size) -> Size:
     """Per-dimension minimum: the grid both maps can be pooled to without up-sampling."""
     return min(a[0], b[0]), min(a[1], b[1])

@@ -77,7 +77,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, device: torch.device
         teacher = ensure_teacher(cfg, splits, ws.root, device, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cfg.test_dataset:
-            splits["test"] = load_dataset(cfg.test_dataset, size, cfg.data)["test"]
+            splits["test"] = load_dataset(cfg.test_dataset, size, cfg.test_data)["test"]
         torch.manual_seed(cfg.seed)
         student = build_student(cfg.student).to(device)
         s_shapes = probe_shapes(student, size, device)

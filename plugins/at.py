@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench import Distiller, DistillerError, HParam, branch_taps, hookimpl
-from kdbench.connectors import common_size, map_shape, parse_stages, resize
+from kdbench.connectors import common_size, fp32, map_shape, parse_stages, resize
 from kdbench.distiller import Reduction
 
 CACHED_P = 2  # the exponent whose energy map the teacher cache stores
@@ -37,7 +37,7 @@ def energy(feature: Tensor, p: float) -> Tensor:
 
 def attention(energy_map: Tensor, size: tuple[int, int]) -> Tensor:
     """Pool an energy map to ``size``, flatten, L2-normalise per sample: a(F), N x HW."""
-    return F.normalize(resize(energy_map.float(), size).flatten(1), dim=1)
+    return F.normalize(resize(fp32(energy_map), size).flatten(1), dim=1)
 
 
 class AT(Distiller):
@@ -71,7 +71,9 @@ class AT(Distiller):
         # Only p = 2 is cached; other exponents need the raw map in forward.
         return {tap: at_energy for tap in self.teacher_taps()} if self.hp["p"] == CACHED_P else {}
 
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
         p = self.hp["p"]
         s_energy = {st: energy(student[st], p) for st in self.stages}
         terms = {}

@@ -25,7 +25,8 @@ class FitNet(Distiller):
     defaults = {
         "beta": HParam(100.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill hint -a 0 -b 100"),
         "hint": HParam("stage2", source="RepDistiller --hint_layer 2: the output of the 2nd residual stage"),
-        "kernel": HParam(1, source="RepDistiller ConvReg for equal sizes (kernel 1+s_H-t_H = 1); torchdistill ConvReg sample k=1"),
+        "kernel": HParam(1, source="RepDistiller ConvReg for equal sizes (kernel 1+s_H-t_H = 1); "
+                                   "torchdistill's FitNet sample ConvReg (k=1)"),
     }
 
     def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
@@ -45,7 +46,9 @@ class FitNet(Distiller):
     def teacher_taps(self) -> list[str]:
         return branch_taps(self.branches, [self.hint])
 
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
         s = student[self.hint]
         terms = {}
         for b in self.branches:

@@ -16,6 +16,7 @@ from torch import Tensor
 from torchdistill.losses.mid_level import PKTLoss
 
 from kdbench import Distiller, DistillerError, HParam, branch_taps, hookimpl
+from kdbench.connectors import fp32
 
 TAP = "pooled"
 
@@ -44,13 +45,16 @@ class PKT(Distiller):
     def teacher_taps(self) -> list[str]:
         return branch_taps(self.branches, [TAP])
 
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
         s = student[TAP]
+        terms = {}
         with torch.autocast(s.device.type, enabled=False):  # N x N similarities in fp32
-            return {
-                f"kd_{b}": self.hp["beta"] * self.loss.cosine_similarity_loss(s.float(), teacher[f"{b}.{TAP}"].float())
-                for b in self.branches
-            }
+            for b in self.branches:
+                kl = self.loss.cosine_similarity_loss(fp32(s), fp32(teacher[f"{b}.{TAP}"]))
+                terms[f"kd_{b}"] = self.hp["beta"] * kl
+        return terms
 
 
 @hookimpl

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdbench import Distiller, HParam, branch_taps, hookimpl
-from kdbench.connectors import map_shape
+from kdbench.connectors import fp32, map_shape
 
 TAP = "stage4"
 
@@ -50,13 +50,15 @@ class SP(Distiller):
     def teacher_taps(self) -> list[str]:
         return branch_taps(self.branches, [TAP])
 
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
         s = student[TAP]
         terms = {}
         with torch.autocast(s.device.type, enabled=False):  # Gram of long vectors in fp32
-            g_s = similarity(s.float())
+            g_s = similarity(fp32(s))
             for b in self.branches:
-                g_t = similarity(teacher[f"{b}.{TAP}"].float())
+                g_t = similarity(fp32(teacher[f"{b}.{TAP}"]))
                 terms[f"kd_{b}"] = self.hp["beta"] * (g_s - g_t).pow(2).sum() / s.shape[0] ** 2
         return terms
 

@@ -58,6 +58,9 @@ class TOKD(Distiller):
     name = "tokd"
     modes = ("rgb", "both")
     description = "Two-in-One KD: per-branch projectors + rotation-based gradient homogenisation (Sec. 4)."
+    # after_backward logs the Fig. 4 cosine from the gradients its hooks captured anyway, so the
+    # trainer need not run its own per-term autograd.grad on log steps.
+    reports_grad_cos = True
     defaults = {
         "alpha": HParam(10.0, "paper Sec. 5.1: alpha1 = alpha2 = 10 on FF++ (use 200 on Celeb-DF)"),
         "branches": HParam("auto", "Table 6 rows: auto = from mode (rgb -> rgb, both -> both); or rgb | fre | both"),
@@ -94,7 +97,10 @@ class TOKD(Distiller):
         self._hw: dict[str, tuple[int, int]] = {}
         for b in self._branches:
             ts = self._map_shape(self.teacher_shapes, f"{b}.proj", "teacher")
-            self.proj[b] = student_projector(b, zs[0], ts[0]) if hp["projector"] else nn.Conv2d(zs[0], ts[0], 1, bias=False)
+            if hp["projector"]:
+                self.proj[b] = student_projector(b, zs[0], ts[0])
+            else:  # direct matching: one 1x1 conv adapter from student to teacher channels
+                self.proj[b] = nn.Conv2d(zs[0], ts[0], 1, bias=False)
             self._hw[b] = (min(zs[1], ts[1]), min(zs[2], ts[2]))
         self.rot: Rotation | None = None
         if hp["rotation"] and len(self._branches) == 2 and hp["rotation_dim"] > 0:
@@ -149,7 +155,9 @@ class TOKD(Distiller):
         return self.rot.leader_parameters() if self.rot is not None else ()
 
     # -- the step -----------------------------------------------------------
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
         z = student["stage4"]
         capture = len(self._branches) == 2 and torch.is_grad_enabled() and z.requires_grad
         self._cap, self._Rs = {}, None
@@ -213,6 +221,7 @@ class TOKD(Distiller):
         cos = lambda a, b: float(F.cosine_similarity(a, b, dim=1, eps=1e-12).mean())  # noqa: E731
         block = self.rot.d if self.rot is not None else min(self.hp["rotation_dim"], v[0].shape[1])
         out = {"grad_cos_full": cos(v[0], v[1])}
+        out["grad_cos"] = out["grad_cos_full"]  # the trainer's key for every other distiller
         if block > 0:
             out["grad_cos_rot"] = cos(v[0][:, :block], v[1][:, :block])
         if self.rot is None:

@@ -55,7 +55,9 @@ class VID(Distiller):
     def teacher_taps(self) -> list[str]:
         return branch_taps(self.branches, self.stages)
 
-    def forward(self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor
+    ) -> dict[str, Tensor]:
         terms = {}
         for branch in self.branches:
             loss = 0.0

@@ -19,7 +19,8 @@ from kdbench.connectors import resize
 from kdbench.models.students import STUDENTS, build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
-from tests import reference_losses as ref
+
+import reference_losses as ref  # tests/ has no __init__.py, so pytest puts it on sys.path
 
 METHODS = ("at", "pkt", "sp", "vid", "fitnet")
 MODES = ("rgb", "both")
@@ -63,11 +64,13 @@ def reduce(d, raw):
 
 
 def run(d, s_raw, t_raw):
-    return d({k: s_raw[k] for k in d.student_taps()}, reduce(d, t_raw), torch.zeros(len(s_raw["pooled"]), dtype=torch.long))
+    labels = torch.zeros(len(s_raw["pooled"]), dtype=torch.long)
+    return d({k: s_raw[k] for k in d.student_taps()}, reduce(d, t_raw), labels)
 
 
 def close(a, b, rtol=1e-5, atol=1e-6):
-    assert torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=rtol, atol=atol), (a, b)
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    assert torch.allclose(a, b, rtol=rtol, atol=atol), (a, b)
 
 
 def io(d):
@@ -132,8 +135,9 @@ def test_at_equals_torchdistill():
     s_sh, t_sh = shapes((8, 6, 5), (12, 6, 5))
     s, t = random_taps(s_sh), random_taps(t_sh, seed=1)
     d = create_distiller("at", "rgb", s_sh, t_sh)
-    pair = lambda st: {"student": {"io": "output", "path": st}, "teacher": {"io": "output", "path": f"rgb.{st}"}, "weight": 1}
-    golden = ATLoss({st: pair(st) for st in STAGES}, mode="code")(io(s), io(t))
+    pairs = {st: {"student": {"io": "output", "path": st}, "teacher": {"io": "output", "path": f"rgb.{st}"}, "weight": 1}
+             for st in STAGES}
+    golden = ATLoss(pairs, mode="code")(io(s), io(t))
     close(run(d, s, t)["kd_rgb"], 1000 * golden)
 
 
@@ -271,6 +275,24 @@ def test_matches_reference(method, hp, case):
         close(terms[f"kd_{branch}"], reference(method, d, s, t, branch), rtol=1e-4)
 
 
+# Probed at 64 px (the 299 px shapes differ by one pixel in the same way: 75 vs 74, 38 vs 37).
+RES18T_64 = {"stage1": (32, 16, 16), "stage2": (64, 8, 8), "stage3": (128, 4, 4), "stage4": (256, 2, 2), "pooled": (256,)}
+XCEPTION_64 = {"stage1": (128, 15, 15), "stage2": (256, 8, 8), "stage3": (728, 4, 4), "stage4": (2048, 2, 2), "pooled": (2048,)}
+
+
+@pytest.mark.parametrize("pair", ["res18t<-xception", "xception<-res18t"])
+@pytest.mark.parametrize("method", METHODS)
+def test_real_stage_shapes_match_reference(method, pair):
+    s_tab, t_tab = (RES18T_64, XCEPTION_64) if pair == "res18t<-xception" else (XCEPTION_64, RES18T_64)
+    s_sh, t_sh = s_tab, {f"{b}.{k}": v for b in ("rgb", "fre") for k, v in t_tab.items()}
+    s = {k: v.double() for k, v in random_taps(s_sh, n=2).items()}  # float64: PKT's near-uniform
+    t = {k: v.double() for k, v in random_taps(t_sh, n=2, seed=1).items()}  # KL cancels in float32
+    d = create_distiller(method, "both", s_sh, t_sh).double()
+    terms = run(d, s, t)
+    for branch in ("rgb", "fre"):
+        close(terms[f"kd_{branch}"], reference(method, d, s, t, branch), rtol=1e-7)
+
+
 # -- Both mode: each term sees only its own branch --------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_both_mode_terms_are_separate(method):
@@ -350,10 +372,16 @@ def snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def assert_same(before, after):
+    """Bit-identical parameters and buffers (BN running stats included)."""
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def train_step(method, mode, student, s_shapes, teacher, t_shapes, batch=4):
     """One trainer-like step; returns the distiller, optimizer, terms and the KD grads at the taps."""
     before = snapshot(teacher)
     d = create_distiller(method, mode, s_shapes, t_shapes)
+    assert_same(before, snapshot(teacher))
     opt = torch.optim.Adam([{"params": student.parameters()}, {"params": d.student_parameters()}], lr=1e-4)
     x = torch.rand(batch, 3, IMAGE, IMAGE) * 2 - 1
     y = torch.arange(batch) % 2
@@ -368,8 +396,7 @@ def train_step(method, mode, student, s_shapes, teacher, t_shapes, batch=4):
     opt.zero_grad(set_to_none=True)
     (F.cross_entropy(logits, y) + kd).backward()
     opt.step()
-    after = snapshot(teacher)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert_same(before, snapshot(teacher))
     assert not any(m.training for m in teacher.modules())
     assert not any(p.requires_grad or p.grad is not None for p in teacher.parameters())
     return d, opt, terms, tap_grads

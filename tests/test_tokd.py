@@ -372,7 +372,8 @@ def test_fig4_diagnostics_with_rotation():
     student = Toy()
     d = make(rotation_dim=64)
     _, diag = train_step(student, d, log=True)
-    expected = {"grad_cos_full", "grad_cos_rot", "rot_loss", "rot_angle_r", "rot_angle_f", "rot_lr_ratio"}
+    expected = {"grad_cos", "grad_cos_full", "grad_cos_rot", "rot_loss", "rot_angle_r", "rot_angle_f",
+                "rot_lr_ratio"}
     assert expected <= set(diag) and all(isinstance(v, float) for v in diag.values())
     assert -1.0 <= diag["grad_cos_full"] <= 1.0 and diag["rot_lr_ratio"] == pytest.approx(1.0)
     assert diag["rot_orth_err"] < 1e-5
@@ -388,7 +389,7 @@ def test_fig4_diagnostics_without_rotation_match_per_branch_autograd():
     gr, gf = (torch.autograd.grad(terms[k], z, retain_graph=True)[0].flatten(1) for k in ("kd_rgb", "kd_fre"))
     sum(terms.values()).backward()
     diag = d.after_backward(step_info())
-    assert set(diag) == {"grad_cos_full", "grad_cos_rot"}
+    assert set(diag) == {"grad_cos", "grad_cos_full", "grad_cos_rot"}
     assert diag["grad_cos_full"] == pytest.approx(float(F.cosine_similarity(gr, gf).mean()), abs=1e-6)
     assert diag["grad_cos_rot"] == pytest.approx(float(F.cosine_similarity(gr[:, :64], gf[:, :64]).mean()), abs=1e-6)
 
@@ -426,7 +427,8 @@ def real_setup():
         ("both", {"rotation": False}, {"kd_rgb", "kd_fre"}),
         ("both", {"projector": False}, {"kd_rgb", "kd_fre"}),
         ("both", {"branches": "fre"}, {"kd_fre"}),
-        ("both", {"rotation_update": "cayley", "rotation_optimizer": "adam", "rotation_lr": 1e-5}, {"kd_rgb", "kd_fre"}),
+        ("both", {"rotation_update": "cayley", "rotation_optimizer": "adam", "rotation_lr": 1e-5},
+         {"kd_rgb", "kd_fre"}),
     ],
 )
 def test_end_to_end_step_with_res18t(real_setup, mode, hp, keys):
@@ -469,3 +471,46 @@ def test_bf16_autocast_step():
     diag = d.after_backward(step_info())
     assert d.rot.R.dtype == torch.float32 and diag["rot_skipped"] == 0 and diag["rot_orth_err"] < 1e-5
     assert float(d.rot.angles().min()) > 0
+
+
+
+def test_with_the_trainer_logs_fig4_and_resumes_the_leader_exactly(tmp_path):
+    """kdbench.trainer.fit end to end: diagnostics reach the history; a run resumed from its
+    epoch checkpoint ends with the same rotation (and Adam state) as an uninterrupted one."""
+    from kdbench.config import TrainConfig
+    from kdbench.data.frames import FrameSet
+    from kdbench.models.students import build_student
+    from kdbench.models.taps import probe_shapes
+    from kdbench.trainer import fit
+
+    g = torch.Generator().manual_seed(0)
+
+    def frames(n):
+        return FrameSet(torch.randint(0, 256, (n, 3, 48, 48), generator=g, dtype=torch.uint8),
+                        torch.arange(n) % 2)
+
+    train, val, test = frames(16), frames(8), frames(8)
+    t_shapes = {"rgb.proj": (16, 2, 2), "fre.proj": (16, 2, 2)}
+    feats = {k: torch.randn(16, *v, generator=g) for k, v in t_shapes.items()}
+    hp = dict(rotation_dim=256, rotation_optimizer="adam", rotation_lr=1e-3)
+
+    def run(epochs, checkpoint=None):
+        torch.manual_seed(0)
+        student = build_student("res18t")
+        d = create_distiller("tokd", "both", probe_shapes(student, 48), t_shapes, **hp)
+        cfg = TrainConfig(image_size=48, epochs=epochs, batch_size=8, eval_batch_size=16, log_every=1)
+        res = fit(student, train, val, test, cfg, seed=0, distiller=d,
+                  teacher_features=lambda idx: {k: v[idx] for k, v in feats.items()},
+                  checkpoint=checkpoint, identity="tokd-test", progress=False)
+        return d, res
+
+    straight, res = run(2)
+    diag = res.history["diagnostics"]
+    assert len(diag) == 4 and all({"grad_cos", "grad_cos_rot", "rot_loss", "rot_angle_r"} <= set(x) for x in diag)
+    assert straight.rot.leader_steps == 4 and straight.rot.opt.t == 4
+    ckpt = tmp_path / "state.pt"
+    run(1, ckpt)
+    resumed, _ = run(2, ckpt)
+    assert resumed.rot.leader_steps == 4 and resumed.rot.opt.t == 4
+    assert torch.equal(resumed.rot.R, straight.rot.R)
+    assert torch.equal(resumed.rot.opt.m, straight.rot.opt.m)

@@ -1,0 +1,353 @@
+"""Tables 3-7 from the results store (Table 1 is in ``kdbench.complexity``).
+
+A table is assembled by expanding its grid spec with the user's options and
+looking up every cell's ``cfg.cell`` hash (the config without the seed) in the
+store, so one run counts in every table whose spec contains its config. Each
+table cell is the mean ± sample std over the seeds found; nothing is ever
+filled in: a cell without a finished run shows "–". The result is a ``Grid``
+that ``kdbench.render`` helpers below print as rich, markdown, LaTeX or CSV.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Callable, Iterable, Sequence
+
+from kdbench.grid import Cell, expand
+from kdbench.store import ResultsStore, RunRecord
+
+MISSING = "–"
+METHOD_ORDER = ("tokd", "at", "pkt", "vid", "sp", "fitnet")
+METHOD_NAMES = {"vanilla": "Vanilla", "tokd": "TOKD", "at": "AT", "pkt": "PKT", "vid": "VID", "sp": "SP",
+                "fitnet": "FitNet"}
+STUDENT_NAMES = {"res18t": "Res18-T", "res34t": "Res34-T", "xception": "Xception"}
+BOTH_NOTE = ("Both = the RGB term plus the same loss on the teacher's frequency branch (its own connector), "
+             "with the same weight.")
+MARK_NOTE = ("Mark on Both vs RGB: ↑/↓ when |mean_Both − mean_RGB| > SE = sqrt(s_RGB²/n_RGB + s_Both²/n_Both); "
+             "≈ when within one SE (noise); ? when a cell has a single seed (no error estimate).")
+
+
+class NoDataError(ValueError):
+    """Nothing in the store to draw or tabulate."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Seeds of one table cell."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof 1); 0 for a single seed."""
+        if self.n < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+
+@dataclass(frozen=True)
+class Marked:
+    """A statistic with a direction mark (Both vs RGB)."""
+
+    stat: Stat
+    mark: str
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A published number (never ours), optionally with the paper's own direction mark."""
+
+    value: float | None
+    mark: str = ""
+
+
+Entry = str | Stat | Marked | Paper | None
+
+
+@dataclass
+class Grid:
+    title: str
+    header: list[str]
+    rows: list[list[Entry]]
+    notes: list[str] = field(default_factory=list)
+
+
+def direction(rgb: Stat | None, both: Stat | None) -> str:
+    """↑/↓ when Both differs from RGB by more than one standard error of the difference, ≈ within it,
+    ? when either side has a single seed (no error estimate), "" when either is missing."""
+    if rgb is None or both is None:
+        return ""
+    if rgb.n < 2 or both.n < 2:
+        return "?"
+    diff = both.mean - rgb.mean
+    se = math.sqrt(rgb.std ** 2 / rgb.n + both.std ** 2 / both.n)
+    if abs(diff) <= se:
+        return "≈"
+    return "↑" if diff > 0 else "↓"
+
+
+def paper_direction(rgb: float | None, both: float | None) -> str:
+    if rgb is None or both is None:
+        return ""
+    return "↑" if both > rgb else "↓" if both < rgb else "="
+
+
+@lru_cache(maxsize=1)
+def paper_results() -> dict[str, Any]:
+    """The paper's published numbers (``kdbench/paper_results.json``)."""
+    return json.loads(resources.files("kdbench").joinpath("paper_results.json").read_text())
+
+
+def paper_dataset(dataset: str) -> tuple[str | None, bool]:
+    """The paper's dataset for ours, and whether it is only a reference (e.g. synthetic -> FF++(c40))."""
+    data = paper_results()
+    if dataset in data["datasets"]:
+        return data["datasets"][dataset], False
+    ref = data["reference_for_unmapped"].get(dataset)
+    return ref, ref is not None
+
+
+def dataset_name(dataset: str) -> str:
+    return paper_results()["datasets"].get(dataset, dataset)
+
+
+def paper_label(dataset: str) -> str:
+    name, ref = paper_dataset(dataset)
+    return f"paper {name}" + (" (reference, not ours)" if ref else "") if name else "paper"
+
+
+def paper_notes(tables: str, datasets: Iterable[str]) -> list[str]:
+    notes = [f"paper: {paper_results()['source'].split(', Tables')[0]}, {tables} (published numbers, not ours)."]
+    for ds in dict.fromkeys(datasets):
+        name, ref = paper_dataset(ds)
+        if ref:
+            notes.append(f"paper numbers beside {ds!r} are the paper's {name}, for reference: a different dataset.")
+        elif name is None:
+            notes.append(f"the paper has no numbers for {ds!r}.")
+    return notes
+
+
+@dataclass
+class Lookup:
+    """Cell lookups against one store, with the seed filter; remembers the seeds it saw."""
+
+    store: ResultsStore
+    seeds: Sequence[int] | None = None
+    seen: set[int] = field(default_factory=set)
+
+    def records(self, cell: Cell) -> list[RunRecord]:
+        recs = [r for r in self.store.by_cell(cell.cfg.cell) if self.seeds is None or r.seed in self.seeds]
+        self.seen.update(r.seed for r in recs)
+        return recs
+
+    def stat(self, cell: Cell, get: Callable[[RunRecord], Any]) -> Stat | None:
+        values = []
+        for rec in self.records(cell):
+            try:
+                v = get(rec)
+            except (KeyError, TypeError):
+                continue
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                values.append(float(v))
+        return Stat(tuple(values)) if values else None
+
+
+def test_metric(metric: str) -> Callable[[RunRecord], Any]:
+    return lambda rec: rec.metrics["test"][metric]
+
+
+def teacher_metric(metric: str) -> Callable[[RunRecord], Any]:
+    return lambda rec: rec.metrics["teacher"]["test"][metric]
+
+
+def common_notes(look: Lookup, metric: str, profile: str) -> list[str]:
+    seeds = ", ".join(map(str, sorted(look.seen))) or "none found"
+    return [f"Test {metric.upper()} (%) at the epoch selected on validation accuracy; mean ± sample std over "
+            f"seeds ({seeds}); profile {profile!r}; (n=k): only k < 3 seeds; {MISSING}: no finished run."]
+
+
+def ordered(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+           metric: str = "acc", paper: bool = False) -> Grid:
+    """Rows student x dataset; Vanilla, then RGB and Both for each method, Both marked against RGB."""
+    cells = expand("table3", profile=profile, students=students, datasets=datasets)
+    get = test_metric(metric)
+    stats = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): look.stat(c, get) for c in cells}
+    methods = [m for m in METHOD_ORDER if any(k[2] == m for k in stats)]
+    methods += ordered(k[2] for k in stats if k[2] not in methods and k[2] != "vanilla")
+    header = ["Dataset", "Student", "Vanilla"] + [f"{METHOD_NAMES.get(m, m)} {mode}" for m in methods
+                                                  for mode in ("RGB", "Both")]
+    rows: list[list[Entry]] = []
+    pub = paper_results()["table3"]
+    for ds in ordered(c.cfg.dataset for c in cells):
+        for st in ordered(c.cfg.student for c in cells):
+            row: list[Entry] = [dataset_name(ds), STUDENT_NAMES.get(st, st), stats.get((ds, st, "vanilla", "rgb"))]
+            for m in methods:
+                rgb, both = stats.get((ds, st, m, "rgb")), stats.get((ds, st, m, "both"))
+                row += [rgb, Marked(both, direction(rgb, both)) if both is not None else None]
+            rows.append(row)
+            if paper:
+                name, _ = paper_dataset(ds)
+                ref = pub.get(name, {}).get(st, {}) if metric == pub["metric"] else {}
+                prow: list[Entry] = [paper_label(ds), STUDENT_NAMES.get(st, st), Paper(ref.get("vanilla"))]
+                for m in methods:
+                    p_rgb, p_both = ref.get(m, {}).get("rgb"), ref.get(m, {}).get("both")
+                    prow += [Paper(p_rgb), Paper(p_both, paper_direction(p_rgb, p_both))]
+                rows.append(prow)
+    notes = [BOTH_NOTE, MARK_NOTE, *common_notes(look, metric, profile)]
+    if paper:
+        notes += paper_notes("Table 3 (non-pretrained students)", (c.cfg.dataset for c in cells))
+        if metric != pub["metric"]:
+            notes.append("the paper's Table 3 reports accuracy only.")
+    return Grid(f"Table 3: distillers, RGB vs Both (test {metric.upper()} %)", header, rows, notes)
+
+
+def table4(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+           metric: str = "acc", paper: bool = False) -> Grid:
+    """Xception (vanilla), the teacher (from the records' teacher metrics) and the TOKD student; Acc and AUC."""
+    cells = expand("table4", profile=profile, students=students, datasets=datasets)
+    keys = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
+    multi = len({s for _, s in keys}) > 1
+    header = ["Model"]
+    for ds, st in keys:
+        prefix = dataset_name(ds) + (f" {STUDENT_NAMES.get(st, st)}" if multi else "")
+        header += [f"{prefix} Acc", f"{prefix} AUC"]
+        if paper:
+            header += [f"{paper_label(ds)} Acc", f"{paper_label(ds)} AUC"]
+    pub = paper_results()["table4"]
+    rows: list[list[Entry]] = []
+    for label in ("Xception", "Teacher", "Student"):
+        row: list[Entry] = [label]
+        for ds, st in keys:
+            here = [c for c in cells if (c.cfg.dataset, c.cfg.student) == (ds, st)]
+            for m in ("acc", "auc"):
+                if label == "Teacher":
+                    row.append(teacher_stat(look, here, m))
+                else:
+                    row.append(next((look.stat(c, test_metric(m)) for c in here if c.label == label), None))
+            if paper:
+                ref = pub.get(paper_dataset(ds)[0] or "", {}).get(label, {})
+                row += [Paper(ref.get("acc")), Paper(ref.get("auc"))]
+        rows.append(row)
+    notes = ["Teacher: the dual-branch teacher these runs distilled from (each distinct teacher counted once).",
+             *common_notes(look, "acc/auc", profile)]
+    if paper:
+        notes += paper_notes("Table 4 (ImageNet-pretrained Xception student and teacher branches)",
+                             (ds for ds, _ in keys))
+    return Grid("Table 4: Xception vs teacher vs TOKD student", header, rows, notes)
+
+
+def teacher_stat(look: Lookup, cells: Sequence[Cell], metric: str) -> Stat | None:
+    by_teacher: dict[str, float] = {}
+    for cell in cells:
+        for rec in look.records(cell):
+            try:
+                by_teacher.setdefault(rec.teacher or rec.hash, float(teacher_metric(metric)(rec)))
+            except (KeyError, TypeError, ValueError):
+                continue
+    return Stat(tuple(by_teacher.values())) if by_teacher else None
+
+
+def table5(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+           metric: str = "acc", paper: bool = False) -> Grid:
+    """TOKD accuracy against the rotation size d; rows dataset x student."""
+    cells = expand("table5", profile=profile, students=students, datasets=datasets)
+    dims = ordered(c.variant["rotation_dim"] for c in cells)
+    header = ["Dataset", "Student", *(f"d = {d}" for d in dims)]
+    pub = paper_results()["table5"]
+    rows: list[list[Entry]] = []
+    for ds in ordered(c.cfg.dataset for c in cells):
+        for st in ordered(c.cfg.student for c in cells):
+            by_d = {c.variant["rotation_dim"]: look.stat(c, test_metric(metric)) for c in cells
+                    if (c.cfg.dataset, c.cfg.student) == (ds, st)}
+            rows.append([dataset_name(ds), STUDENT_NAMES.get(st, st), *(by_d.get(d) for d in dims)])
+            if paper:
+                ok = metric == pub["metric"] and st == pub["student"]
+                ref = pub.get(paper_dataset(ds)[0] or "", {}) if ok else {}
+                rows.append([paper_label(ds), STUDENT_NAMES.get(st, st), *(Paper(ref.get(str(d))) for d in dims)])
+    notes = [*common_notes(look, metric, profile)]
+    if paper:
+        notes += paper_notes("Table 5 (FF++(c40), Res18-T, alpha = 10; accuracy)", (c.cfg.dataset for c in cells))
+    return Grid(f"Table 5: TOKD rotation size d (test {metric.upper()} %)", header, rows, notes)
+
+
+COMPONENTS = ("RGB", "Fre", "Projector", "Rotation")
+
+
+def table6(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+           metric: str = "acc", paper: bool = False) -> Grid:
+    """Ablation rows (labels of the spec's groups) with ✓ columns; one column per dataset (x student)."""
+    cells = expand("table6", profile=profile, students=students, datasets=datasets)
+    keys = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
+    multi = len({s for _, s in keys}) > 1
+    header = list(COMPONENTS)
+    for ds, st in keys:
+        header.append(dataset_name(ds) + (f" {STUDENT_NAMES.get(st, st)}" if multi else ""))
+        if paper:
+            header.append(paper_label(ds))
+    pub = {frozenset(r["components"]): r for r in paper_results()["table6"]["rows"]}
+    rows: list[list[Entry]] = []
+    for label in ordered(c.label for c in cells):
+        parts = frozenset(p for p in label.split("+") if p in COMPONENTS)
+        row: list[Entry] = ["✓" if p in parts else "" for p in COMPONENTS]
+        for ds, st in keys:
+            cell = next(c for c in cells if (c.label, c.cfg.dataset, c.cfg.student) == (label, ds, st))
+            row.append(look.stat(cell, test_metric(metric)))
+            if paper:
+                ok = metric == "acc" and st == paper_results()["table6"]["student"]
+                row.append(Paper(pub.get(parts, {}).get(paper_dataset(ds)[0] or "") if ok else None))
+        rows.append(row)
+    notes = [BOTH_NOTE, *common_notes(look, metric, profile)]
+    if paper:
+        notes += paper_notes("Table 6 (non-pretrained Xception student; accuracy)", (ds for ds, _ in keys))
+    return Grid(f"Table 6: TOKD ablation (test {metric.upper()} %)", header, rows, notes)
+
+
+def table7(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+           metric: str = "auc", paper: bool = False) -> Grid:
+    """Cross-dataset: AUC and EER of vanilla and TOKD trained on one dataset and tested on another."""
+    cells = expand("table7", profile=profile, students=students, datasets=datasets)
+    header = ["Train", "Test", "Student", "Method", "AUC", "EER"] + (["paper AUC", "paper EER"] if paper else [])
+    pub = paper_results()["table7"]
+    rows: list[list[Entry]] = []
+    for c in cells:
+        test = c.cfg.test_dataset or c.cfg.dataset
+        row: list[Entry] = [dataset_name(c.cfg.dataset), dataset_name(test), STUDENT_NAMES.get(c.cfg.student, c.cfg.student),
+                            c.label, look.stat(c, test_metric("auc")), look.stat(c, test_metric("eer"))]
+        if paper:
+            same = (paper_dataset(c.cfg.dataset)[0], paper_dataset(test)[0], c.cfg.student) == \
+                   (pub["train"], pub["test"], pub["student"])
+            ref = pub["rows"].get(c.cfg.method, {}) if same else {}
+            row += [Paper(ref.get("auc")), Paper(ref.get("eer"))]
+        rows.append(row)
+    notes = ["EER: lower is better.", *common_notes(look, "auc/eer", profile)]
+    if paper:
+        notes += paper_notes("Table 7 (trained on FF++(c40), tested on Celeb-DF)",
+                             (x for c in cells for x in (c.cfg.dataset, c.cfg.test_dataset or c.cfg.dataset)))
+    return Grid("Table 7: cross-dataset testing", header, rows, notes)
+
+
+BUILDERS = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7}
+
+
+def build_table(number: int, store: ResultsStore, profile: str = "cpu", students: Sequence[str] | None = None,
+                datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None, metric: str = "acc",
+                paper: bool = False) -> Grid:
+    """Table ``number`` (3-7) from ``store``; ``seeds`` None keeps every seed found."""
+    look = Lookup(store, seeds)
+    return BUILDERS[number](look, profile, students, datasets, metric, paper)
