@@ -48,10 +48,10 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except USAGE_ERRORS as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (StoreError, TrainingError, CacheError, FileNotFoundError, ValueError, OSError) as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted: the last finished epoch is checkpointed; re-run the same command to resume")
@@ -268,6 +268,28 @@ def plugins_list(ctx: typer.Context) -> None:
         out.print(f"[red]broken plugin[/red] {name}: {err}", highlight=False)
 
 
+@plugins_app.command("check")
+@cli_errors
+def plugins_check(
+    name: str = typer.Argument(..., help="Distiller name (see `kdbench plugins`)."),
+    students: str = typer.Option(",".join(("res18t", "res34t", "xception")), "--students"),
+) -> None:
+    """Run the contract checks on an installed distiller and print a pass/fail report."""
+    from kdbench.contract import check_distiller
+
+    results = check_distiller(name, [s.strip() for s in students.split(",") if s.strip()])
+    table = Table(title=f"contract checks: {name}")
+    for col in ("student", "mode", "check", "result", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.student, r.mode, r.check, "[green]pass[/green]" if r.ok else "[red]FAIL[/red]", r.detail)
+    out.print(table)
+    failed = sum(not r.ok for r in results)
+    out.print(f"{name}: {len(results) - failed} passed, {failed} failed", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 @cli_errors
 def results(
@@ -309,8 +331,29 @@ def results(
     out.print(table)
 
 
+def _register_extensions() -> None:
+    from kdbench import cli_report
+
+    cli_report.register(app)
+    try:
+        from kdbench import cli_data
+    except ImportError:  # the data commands are not written yet
+        return
+    cli_data.register(app)
+
+
+_register_extensions()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: checkpointed epochs stay, record says interrupted
+
+
 def main() -> None:
+    import signal
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

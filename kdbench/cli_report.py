@@ -23,7 +23,7 @@ FORMATS = ("rich", "markdown", "latex", "csv")
 TABLES = (1, 3, 4, 5, 6, 7)
 LATEX = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "≈": r"$\approx$", "–": "--", "−": "-",
          "✓": r"\checkmark", "α": r"$\alpha$", "²": r"$^2$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#",
-         "∇": r"$\nabla$"}
+         "∇": r"$\nabla$", "→": r"$\to$"}
 
 
 def entry_text(e: Entry) -> str:
@@ -96,7 +96,7 @@ def print_rich(grid: Grid, out: Any) -> None:
         table.add_column(h, justify="right" if numeric else "left")
     for row in grid.rows:
         table.add_row(*(Text(entry_text(e)) for e in row))
-    width = Measurement.get(out, out.options, table).maximum
+    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
     console = out if width <= out.width else Console(width=width, file=out.file)
     console.print(table)
     for note in grid.notes:

@@ -6,7 +6,7 @@ counts 2 FLOPs per MAC of every convolution and matrix product, so
 GMACs = FLOPs / 2 / 1e9. BatchNorm, activations, additions and pooling are
 not counted (the usual convention of MAC counters). The networks are built on
 PyTorch's ``meta`` device, so no weights are allocated and no arithmetic runs:
-the count takes well under a second per network.
+a network is counted in about a second or less.
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def table1_grid(paper: bool = False) -> Grid:
     rows = []
     for name, by_head in counts.items():
         row = [MODEL_NAMES[name], *(f"{by_head[k].params_m:.2f}" for k in (2, 1000)),
-               *(f"{by_head[k].gmacs:.2f}" for k in (2, 1000))]
+               *(f"{by_head[k].gmacs:.3f}" for k in (2, 1000))]
         rows.append(row + ([Paper(pub["params_m"][name]), Paper(pub["gflops"][name])] if paper else []))
     notes = [f"Counted at {IMAGE_SIZE}x{IMAGE_SIZE}, batch 1, with torch.utils.flop_counter: GMACs = FLOPs / 2 "
              "(convolutions and matrix products; BN, activations and pooling not counted). The paper's "

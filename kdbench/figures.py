@@ -114,7 +114,7 @@ def figure4(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: 
         ax.set_title(panel_title(panel))
         ax.legend(fontsize=7, ncol=2)
     seeds_txt = ", ".join(map(str, sorted(look.seen)))
-    fig.suptitle(f"Fig. 4: RGB vs frequency gradient cosine ({profile} profile, mean over seeds {seeds_txt}, "
+    fig.suptitle(f"Fig. 4: RGB vs frequency gradient cosine\n({profile} profile; mean over seeds {seeds_txt}; "
                  "moving average)", fontsize=10)
     return save(fig, out_dir / f"fig4-{Path(profile).stem}.png")
 

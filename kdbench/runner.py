@@ -18,7 +18,7 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
-from kdbench.teacher_cache import ensure_teacher
+from kdbench.teacher_cache import build_teacher, ensure_teacher
 from kdbench.trainer import fit
 
 Log = Callable[[str], None]
@@ -73,16 +73,19 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, device: torch.device
     t0 = time.perf_counter()
     try:
         size = cfg.train.image_size
-        splits = load_dataset(cfg.dataset, size, cfg.data)
-        teacher = ensure_teacher(cfg, splits, ws.root, device, log=log, progress=progress)
-        rec.teacher = teacher.hash
-        if cfg.test_dataset:
-            splits["test"] = load_dataset(cfg.test_dataset, size, cfg.test_data)["test"]
+        # Build the distiller first (from the teacher's architecture, not its weights), so a bad
+        # option fails in seconds instead of after the teacher has trained.
         torch.manual_seed(cfg.seed)
         student = build_student(cfg.student).to(device)
         s_shapes = probe_shapes(student, size, device)
-        t_shapes = probe_shapes(teacher.model, size, device)
+        with torch.random.fork_rng(devices=[]):
+            t_shapes = probe_shapes(build_teacher(cfg, load_weights=False), size)
         distiller = create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp).to(device)
+        splits = load_dataset(cfg.dataset, size, cfg.data)
+        teacher = ensure_teacher(cfg, splits, ws.root, device, log=log, progress=progress)
+        rec.teacher = teacher.hash
+        if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
+            splits["test"] = load_dataset(cfg.test_dataset, size, cfg.test_data)["test"]
         reductions = distiller.teacher_reductions()
         t_taps = distiller.teacher_taps()
         feats = {k: v.to(device) for k, v in

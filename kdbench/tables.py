@@ -4,8 +4,8 @@ A table is assembled by expanding its grid spec with the user's options and
 looking up every cell's ``cfg.cell`` hash (the config without the seed) in the
 store, so one run counts in every table whose spec contains its config. Each
 table cell is the mean ± sample std over the seeds found; nothing is ever
-filled in: a cell without a finished run shows "–". The result is a ``Grid``
-that ``kdbench.render`` helpers below print as rich, markdown, LaTeX or CSV.
+filled in: a cell without a finished run shows "–". The result is a ``Grid``,
+printed by ``kdbench.cli_report`` as rich, markdown, LaTeX or CSV.
 """
 from __future__ import annotations
 
@@ -295,7 +295,7 @@ def table6(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
     cells = expand("table6", profile=profile, students=students, datasets=datasets)
     keys = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
     multi = len({s for _, s in keys}) > 1
-    header = list(COMPONENTS)
+    header = ["Row", *COMPONENTS]
     for ds, st in keys:
         header.append(dataset_name(ds) + (f" {STUDENT_NAMES.get(st, st)}" if multi else ""))
         if paper:
@@ -304,7 +304,7 @@ def table6(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
     rows: list[list[Entry]] = []
     for label in ordered(c.label for c in cells):
         parts = frozenset(p for p in label.split("+") if p in COMPONENTS)
-        row: list[Entry] = ["✓" if p in parts else "" for p in COMPONENTS]
+        row: list[Entry] = [label, *("✓" if p in parts else "" for p in COMPONENTS)]
         for ds, st in keys:
             cell = next(c for c in cells if (c.label, c.cfg.dataset, c.cfg.student) == (label, ds, st))
             row.append(look.stat(cell, test_metric(metric)))
@@ -322,8 +322,10 @@ def table7(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
            metric: str = "auc", paper: bool = False) -> Grid:
     """Cross-dataset: AUC and EER of vanilla and TOKD trained on one dataset and tested on another."""
     cells = expand("table7", profile=profile, students=students, datasets=datasets)
-    header = ["Train", "Test", "Student", "Method", "AUC", "EER"] + (["paper AUC", "paper EER"] if paper else [])
     pub = paper_results()["table7"]
+    setting = f"{pub['train']} → {pub['test']}"
+    header = ["Train", "Test", "Student", "Method", "AUC", "EER"]
+    header += [f"paper AUC ({setting})", f"paper EER ({setting})"] if paper else []
     rows: list[list[Entry]] = []
     for c in cells:
         test = c.cfg.test_dataset or c.cfg.dataset

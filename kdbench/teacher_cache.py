@@ -122,10 +122,10 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def build_teacher(cfg: RunConfig) -> DualBranchTeacher:
+def build_teacher(cfg: RunConfig, load_weights: bool = True) -> DualBranchTeacher:
     t = cfg.teacher
     model = DualBranchTeacher(t.backbone, cfg.train.image_size, t.proj_channels, freq_ratio=t.freq_ratio)
-    if t.weights:
+    if t.weights and load_weights:
         model.load_branch_weights(t.weights)
     return model
 

@@ -135,6 +135,17 @@ def dataset_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return dict(options)
 
 
+def split_options(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``val_fraction``, ``test_fraction``, ``seed`` typed (CLI values arrive as strings)."""
+    out: dict[str, Any] = {}
+    for key, typ, default in (("val_fraction", float, 0.1), ("test_fraction", float, 0.2), ("seed", int, 0)):
+        try:
+            out[key] = typ(opts.get(key, default))
+        except (TypeError, ValueError):
+            raise DatasetError(f"data option {key}={opts.get(key)!r} is not a valid {typ.__name__}") from None
+    return out
+
+
 def as_list(value: Any) -> list[str] | None:
     """``"A,B"`` (from ``--data methods=A,B``) or a list -> list; None/empty -> None."""
     if value is None or value == "" or value == []:
@@ -240,6 +251,7 @@ def load_prepared(name: str, image_size: int, options: Mapping[str, Any], expect
     ``sources`` keeps only those sources (e.g. FF++ methods); each must be present.
     """
     opts = dataset_options(name, options)
+    split_kw = split_options(opts)
     index_path = find_index(Path(opts["root"]).expanduser(), name)
     index = read_index(index_path)
     for key, want in expect.items():
@@ -258,8 +270,7 @@ def load_prepared(name: str, image_size: int, options: Mapping[str, Any], expect
                                f"{', '.join(sorted(present))}); prepare them or change the methods option")
     rows = [i for i, it in enumerate(index["items"]) if sources is None or it["source"] in sources]
     items = [index["items"][i] for i in rows]
-    return build_splits(items, images, rows, val_fraction=float(opts.get("val_fraction", 0.1)),
-                        test_fraction=float(opts.get("test_fraction", 0.2)), seed=int(opts.get("seed", 0)))
+    return build_splits(items, images, rows, **split_kw)
 
 
 def index_items(videos: Iterable[SourceVideo], frames_of: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

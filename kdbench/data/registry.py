@@ -22,7 +22,26 @@ def _synthetic(image_size: int, options: Mapping[str, Any]) -> FrameSplits:
     return build_synthetic(cfg)
 
 
-BUILTIN: dict[str, DatasetBuilder] = {"synthetic": _synthetic}
+def _prepared(module: str, attr: str, *args: str) -> DatasetBuilder:
+    """A builder of a prepared directory (kdbench.data.<module>), imported on first use."""
+
+    def build(image_size: int, options: Mapping[str, Any]) -> FrameSplits:
+        import importlib
+
+        fn = getattr(importlib.import_module(f"kdbench.data.{module}"), attr)
+        return (fn(*args) if args else fn)(image_size, options)
+
+    return build
+
+
+BUILTIN: dict[str, DatasetBuilder] = {
+    "synthetic": _synthetic,
+    "ffpp-c40": _prepared("ffpp", "builder", "c40"),
+    "ffpp-c23": _prepared("ffpp", "builder", "c23"),
+    "ffpp-raw": _prepared("ffpp", "builder", "raw"),
+    "celebdf": _prepared("celebdf", "build"),
+    "folder": _prepared("folder", "build"),
+}
 
 
 def dataset_builders() -> dict[str, DatasetBuilder]:

@@ -1,0 +1,19 @@
+"""Every built-in distiller passes the same contract checks a third party is held to."""
+import pytest
+
+from kdbench.contract import check_distiller
+
+BUILTINS = ["vanilla", "fitnet", "at", "pkt", "sp", "vid", "tokd"]
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_passes_contract(name):
+    results = check_distiller(name, ["res18t"])
+    failed = [(r.mode, r.check, r.detail) for r in results if not r.ok]
+    assert not failed
+    assert len(results) == 7 * (1 if name == "vanilla" else 2)
+
+
+def test_unknown_distiller_is_reported_not_raised():
+    (result,) = check_distiller("nosuch", ["res18t"])
+    assert not result.ok and "unknown method 'nosuch'" in result.detail

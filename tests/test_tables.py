@@ -1,0 +1,208 @@
+"""Tables and figures from a results store of FAKE records (test fixtures, not results).
+
+The fixture store holds hand-made RunRecords for a few Table 3 cells of the
+cpu profile: some with 3 seeds, some with 1 or 2, some missing, plus decoys
+(another profile, a failed run) that must never show up.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kdbench.cli_report import csv_text, entry_text, register, render
+from kdbench.grid import expand
+from kdbench.runner import Workspace
+from kdbench.store import ResultsStore, RunRecord
+from kdbench.tables import Stat, build_table, direction
+
+# (method, mode) of res18t on synthetic -> FAKE test accuracies, one per seed 0, 1, 2, ...
+FAKE_ACC = {
+    ("vanilla", "rgb"): [80.0, 81.0, 82.0],  # 81.00 ± 1.00
+    ("tokd", "rgb"): [81.0, 81.5, 82.0],  # 81.50 ± 0.50
+    ("tokd", "both"): [83.0, 83.5, 84.0],  # 83.50 ± 0.50: +2.0 > SE 0.41 -> ↑
+    ("at", "rgb"): [81.0, 82.0, 83.0],  # 82.00 ± 1.00
+    ("at", "both"): [81.5, 82.5, 80.5],  # 81.50 ± 1.00: -0.5 within SE 0.82 -> ≈
+    ("pkt", "rgb"): [82.0, 82.2, 82.4],
+    ("pkt", "both"): [80.0, 80.2, 80.4],  # -2.0 -> ↓
+    ("vid", "rgb"): [83.0],  # one seed -> ?
+    ("vid", "both"): [82.0],
+    ("sp", "rgb"): [81.0, 82.0],  # 81.50 ± 0.71 (n=2); sp both and fitnet: missing
+}
+
+
+def fake_record(cfg, acc: float, status: str = "done", diagnostics=None) -> RunRecord:
+    return RunRecord(hash=cfg.hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student,
+                     dataset=cfg.dataset, test_dataset=cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec="test",
+                     status=status, config=cfg.to_dict(),
+                     metrics={"test": {"acc": acc, "auc": acc + 5, "eer": 100 - acc}, "val": {"acc": acc},
+                              "best_epoch": 0, "teacher": {"test": {"acc": 90.0, "auc": 95.0}}},
+                     history={"epochs": [], "diagnostics": diagnostics or []}, wall_time=1.0, device="cpu",
+                     teacher="fake-teacher")
+
+
+def diag(key_values: dict[str, float], steps: int = 30) -> list[dict]:
+    return [{"step": 10 * i, "epoch": 0, **{k: v + 0.01 * (i % 3) for k, v in key_values.items()}} for i in range(steps)]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    ws = Workspace(tmp_path_factory.mktemp("tables"))
+    store = ResultsStore(ws.store_path)
+    cells = {(c.cfg.method, c.cfg.mode): c for c in expand("table3") if c.cfg.student == "res18t"}
+    for key, accs in FAKE_ACC.items():
+        for seed, acc in enumerate(accs):
+            cfg = dataclasses.replace(cells[key].cfg, seed=seed)
+            d = None
+            if key == ("tokd", "both"):
+                d = diag({"grad_cos_full": 0.05, "grad_cos_rot": 0.0})
+            elif key[1] == "both":
+                d = diag({"grad_cos": -0.2})
+            store.put(fake_record(cfg, acc, diagnostics=d))
+    tokd_rgb = dataclasses.replace(cells[("tokd", "rgb")].cfg, seed=7)
+    store.put(fake_record(tokd_rgb, 10.0, status="failed"))  # decoy: failed runs never count
+    smoke = next(c for c in expand("table3", profile="smoke") if c.cfg.method == "vanilla" and c.cfg.student == "res18t")
+    store.put(fake_record(smoke.cfg, 99.0))  # decoy: another profile is another cell
+    for cell in expand("table4"):  # xception: vanilla 1 seed, TOKD 2 seeds, one (fake) teacher
+        for seed in range(1 + (cell.cfg.method == "tokd")):
+            store.put(fake_record(dataclasses.replace(cell.cfg, seed=seed), 85.0 + seed))
+    for cell in expand("fig3"):
+        if cell.variant["alpha"] in (1, 100, 1000):  # alpha 10 is the default: Table 3's TOKD cell
+            for seed in (0, 1):
+                store.put(fake_record(dataclasses.replace(cell.cfg, seed=seed), 80.0 + seed + cell.variant["alpha"] / 100))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def grid3(ws):
+    return build_table(3, ResultsStore(ws.store_path))
+
+
+def res18t_row(grid):
+    return [entry_text(e) for e in next(r for r in grid.rows if r[1] == "Res18-T" and not r[0].startswith("paper"))]
+
+
+def test_direction_rule():
+    assert direction(Stat((81.0, 81.5, 82.0)), Stat((83.0, 83.5, 84.0))) == "↑"
+    assert direction(Stat((82.0, 82.2, 82.4)), Stat((80.0, 80.2, 80.4))) == "↓"
+    assert direction(Stat((81.0, 82.0, 83.0)), Stat((81.5, 82.5, 80.5))) == "≈"
+    assert direction(Stat((83.0,)), Stat((82.0,))) == "?"
+    assert direction(Stat((83.0, 83.0)), Stat((83.0, 83.0))) == "≈"
+    assert direction(None, Stat((1.0, 2.0))) == ""
+
+
+def test_table3_cells(grid3):
+    assert grid3.header[:5] == ["Dataset", "Student", "Vanilla", "TOKD RGB", "TOKD Both"]
+    row = dict(zip(grid3.header, res18t_row(grid3)))
+    assert row["Vanilla"] == "81.00 ± 1.00"
+    assert row["TOKD RGB"] == "81.50 ± 0.50" and row["TOKD Both"] == "83.50 ± 0.50 ↑"
+    assert row["AT Both"] == "81.50 ± 1.00 ≈" and row["PKT Both"].endswith("↓")
+    assert row["VID RGB"] == "83.00 (n=1)" and row["VID Both"] == "82.00 (n=1) ?"
+    assert row["SP RGB"] == "81.50 ± 0.71 (n=2)" and row["SP Both"] == "–"
+    assert row["FitNet RGB"] == "–" and row["FitNet Both"] == "–"
+    res34t = next(r for r in grid3.rows if r[1] == "Res34-T")
+    assert all(e is None for e in res34t[2:])  # nothing stored
+    xception = dict(zip(grid3.header, (entry_text(e) for e in next(r for r in grid3.rows if r[1] == "Xception"))))
+    # the Table 4 fixture runs are the same cells: one run counts in every table whose spec has its config
+    assert xception["Vanilla"] == "85.00 (n=1)" and xception["TOKD Both"] == "85.50 ± 0.71 (n=2)"
+    assert xception["TOKD RGB"] == "–"
+    assert any("Both = the RGB term plus the same loss" in n for n in grid3.notes)
+    assert any("seeds (0, 1, 2)" in n for n in grid3.notes)
+
+
+def test_seed_filter(ws):
+    row = dict(zip(["D", "S", "Vanilla"], res18t_row(build_table(3, ResultsStore(ws.store_path), seeds=[0]))))
+    assert row["Vanilla"] == "80.00 (n=1)"
+
+
+def test_formats(grid3):
+    md, notes = render(grid3, "markdown")
+    assert "| Dataset" in md and "83.50 ± 0.50 ↑" in md and "–" in md and "Both = the RGB term" in notes
+    tex, _ = render(grid3, "latex")
+    assert r"83.50 $\pm$ 0.50 $\uparrow$" in tex and r"\begin{tabular}" in tex and " -- " in tex
+    rows = list(csv.DictReader(io.StringIO(csv_text(grid3))))
+    r18 = next(r for r in rows if r["Student"] == "Res18-T")
+    assert (r18["Vanilla"], r18["Vanilla std"], r18["Vanilla n"]) == ("81.0000", "1.0000", "3")
+    assert r18["TOKD Both mark"] == "↑" and r18["SP Both"] == "" and r18["VID RGB std"] == ""
+
+
+def test_paper_numbers_are_labelled(ws):
+    grid = build_table(3, ResultsStore(ws.store_path), paper=True)
+    paper_rows = [[entry_text(e) for e in r] for r in grid.rows if r[0].startswith("paper")]
+    r18 = next(r for r in paper_rows if r[1] == "Res18-T")
+    assert r18[0] == "paper FF++(c40) (reference, not ours)" and r18[2] == "80.96" and r18[4] == "82.45 ↑"
+    assert any("Zhou et al." in n for n in grid.notes)
+    assert any("for reference: a different dataset" in n for n in grid.notes)
+
+
+def test_other_tables_render(ws):
+    store = ResultsStore(ws.store_path)
+    t4 = build_table(4, store, paper=True)
+    assert [[entry_text(e) for e in r[:3]] for r in t4.rows] == [
+        ["Xception", "85.00 (n=1)", "90.00 (n=1)"], ["Teacher", "90.00 (n=1)", "95.00 (n=1)"],
+        ["Student", "85.50 ± 0.71 (n=2)", "90.50 ± 0.71 (n=2)"]]
+    assert "86.86" in render(t4, "markdown")[0]
+    t6 = build_table(6, store)
+    assert t6.header[:5] == ["Row", "RGB", "Fre", "Projector", "Rotation"]
+    assert t6.rows[0][:5] == ["none", "", "", "", ""] and t6.rows[-1][1:5] == ["✓"] * 4
+    for n in (5, 7):
+        assert "–" in render(build_table(n, store, paper=True), "markdown")[0]
+
+
+def test_table1_matches_paper():
+    from kdbench.complexity import table1
+
+    counts = table1()
+    paper = {"res18t": (2.8, 0.91, 2), "res34t": (5.3, 1.78, 2), "xception": (22.8, 8.45, 1000)}
+    for name, (params, gmacs, head) in paper.items():
+        c = counts[name][head]
+        assert abs(c.params_m / params - 1) < 0.02, (name, c.params_m)
+        assert abs(c.gmacs / gmacs - 1) < 0.02, (name, c.gmacs)
+    assert counts["teacher"][2].params_m > 2 * counts["xception"][2].params_m
+
+
+def test_figures_write_png(ws, tmp_path):
+    from kdbench.figures import figure3, figure4, gradient_curves
+    from kdbench.tables import Lookup
+
+    labels = {c.label for c in gradient_curves(Lookup(ResultsStore(ws.store_path)), "cpu", None, None)}
+    assert {"AT Both", "PKT Both", "VID Both"} <= labels and any(lbl.startswith("TOKD d=") for lbl in labels)
+    for fig in (figure3, figure4):
+        path = fig(ResultsStore(ws.store_path), tmp_path)
+        assert path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def cli():
+    app = typer.Typer()
+    register(app)
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_table_and_figure(cli, ws, tmp_path):
+    res = cli("table", 3, "--format", "markdown", "--paper", "--workdir", ws.root)
+    assert res.exit_code == 0, res.output
+    assert "83.50 ± 0.50 ↑" in res.stdout and "80.96" in res.stdout
+    res = cli("table", 3, "--format", "rich", "--students", "res18t", "--workdir", ws.root)
+    assert res.exit_code == 0 and "81.00 ± 1.00" in res.stdout
+    res = cli("table", 3, "--format", "csv", "--metric", "auc", "--seeds", "0,1", "--workdir", ws.root)
+    assert res.exit_code == 0 and "86.5000" in res.stdout  # vanilla AUC, seeds 0 and 1: 85 and 86
+    res = cli("figure", 4, "--out", tmp_path, "--workdir", ws.root)
+    assert res.exit_code == 0 and (tmp_path / "fig4-cpu.png").is_file()
+    assert str(tmp_path / "fig4-cpu.png") in res.stdout
+
+
+def test_cli_errors(cli, tmp_path, ws):
+    res = cli("table", 2, "--workdir", ws.root)
+    assert res.exit_code == 2 and "unknown table 2" in res.output
+    res = cli("table", 3, "--format", "html", "--workdir", ws.root)
+    assert res.exit_code == 2 and "choose one of: rich, markdown, latex, csv" in res.output
+    res = cli("figure", 4, "--workdir", tmp_path / "empty")
+    assert res.exit_code == 1 and "no results store" in res.output and "Traceback" not in res.output
+    ResultsStore(tmp_path / "empty2" / "results.sqlite")
+    res = cli("figure", 3, "--workdir", tmp_path / "empty2")
+    assert res.exit_code == 1 and "no finished fig3 runs" in res.output
