@@ -105,6 +105,9 @@ def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
     return opts
 
 
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] (auto: CUDA when present).")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto | fp32 | bf16 (auto: bf16 autocast on GPU).")
+CompileOpt = typer.Option(False, "--compile", help="torch.compile the student.")
 DataOpt = typer.Option([], "--data", help="Dataset option key=value (repeatable), e.g. methods=[Deepfakes].")
 DataRootOpt = typer.Option(None, "--data-root", help="Prepared dataset directory (kdbench prepare --out).")
 
@@ -130,13 +133,15 @@ def run(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
     no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one student with one distiller and store the record."""
-    from kdbench.runner import pick_device
     from kdbench.runner import run as run_one
+    from kdbench.runtime import make_runtime
 
     sugar = {"rotation_dim": rotation_dim, "alpha": alpha,
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
@@ -150,7 +155,8 @@ def run(
         _log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
         rec = done
     else:
-        rec = run_one(cfg, ws, store, pick_device(device), log=_log, progress=progress and console.is_terminal)
+        rec = run_one(cfg, ws, store, make_runtime(device, precision, compile_model), log=_log,
+                      progress=progress and console.is_terminal)
     print_metrics(rec)
 
 
@@ -181,13 +187,15 @@ def grid(
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
-    device: str = typer.Option("auto", "--device"),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Run a grid of cells, skipping finished ones (resumable, shardable)."""
     from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
-    from kdbench.runner import pick_device
     from kdbench.runner import run as run_one
+    from kdbench.runtime import make_runtime
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     for name in split(students) or []:
@@ -213,8 +221,8 @@ def grid(
         done = sum(status.get(c.cfg.hash) == "done" for c in cells)
         out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
         return
-    dev = pick_device(device)
-    report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, dev, spec=cell.spec, log=_log,
+    rt = make_runtime(device, precision, compile_model)
+    report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=_log,
                                                   progress=console.is_terminal),
                       lambda cell: status.get(cell.cfg.hash) == "done", log=_log)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
@@ -232,18 +240,18 @@ def teacher_train(
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
-    device: str = typer.Option("auto", "--device"),
+    device: str = DeviceOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Train (or find in the cache) the teacher for a dataset and profile."""
     from kdbench.data.registry import load_dataset
-    from kdbench.runner import pick_device
+    from kdbench.runtime import make_runtime
     from kdbench.teacher_cache import ensure_teacher
 
     cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
                        data=data_options(data, data_root))
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
-    t = ensure_teacher(cfg, splits, workspace(workdir).root, pick_device(device), log=_log,
+    t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=_log,
                        progress=console.is_terminal)
     out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str))
 

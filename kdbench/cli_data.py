@@ -29,7 +29,8 @@ def _log(msg: str) -> None:
 
 def prepare(
     source: str = typer.Argument(..., help="ffpp | celebdf | folder"),
-    root: Path = typer.Option(..., "--root", help="The downloaded dataset (FF++/Celeb-DF root, or a real/fake folder or CSV)."),
+    root: Path = typer.Option(..., "--root", help="The downloaded dataset (FF++/Celeb-DF root, or a real/fake "
+                              "folder or CSV)."),
     out: Path = typer.Option(..., "--out", help="The prepared directory to write (frames/ and index.json)."),
     size: int = typer.Option(299, "--size", help="Face-crop side in px (299 in the paper)."),
     frames: int = typer.Option(32, "--frames", help="Evenly spaced frames per video."),
@@ -47,14 +48,16 @@ def prepare(
     """Videos -> evenly spaced frames -> square face crops (PNG) + index.json. Resumable."""
 
     def body() -> None:
-        from kdbench.cli import console, out as stdout
+        from kdbench.cli import console
+        from kdbench.cli import out as stdout
         from kdbench.prepare import prepare as run_prepare
 
         report = run_prepare(source, root, out, size=size, frames=frames, compression=compression, methods=methods,
                              splits=splits, detector=detector, margin=margin, device=device, log=_log,
                              progress=console if progress and console.is_terminal else None)
-        stdout.print(f"prepared {report.prepared} of {report.videos} videos ({report.frames} frames, {report.done_before} "
-                     f"done before) into {out}; {len(report.skipped)} skipped (reasons in {report.index})",
+        stdout.print(f"prepared {report.prepared} of {report.videos} videos ({report.frames} frames, "
+                     f"{report.done_before} done before) into {out}; {len(report.skipped)} skipped "
+                     f"(reasons in {report.index})",
                      highlight=False, markup=False)
 
     _guard(body)
@@ -65,7 +68,8 @@ def predict(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A trained student: <workdir>/runs/<hash>/student.pt."),
     fmt: str = typer.Option("table", "--format", help="table | json."),
     frames: int = typer.Option(32, "--frames", help="Evenly spaced frames per video (as in prepare)."),
-    size: int = typer.Option(299, "--size", help="Face-crop side before resizing to the student's input (as in prepare)."),
+    size: int = typer.Option(299, "--size", help="Face-crop side before resizing to the student's input "
+                             "(as in prepare)."),
     detector: str = typer.Option("mtcnn", "--detector", help="mtcnn | none (inputs that are already face crops)."),
     margin: float = typer.Option(1.3, "--margin"),
     device: str = typer.Option("auto", "--device"),

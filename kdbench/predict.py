@@ -51,8 +51,10 @@ def load_student(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit student {ckpt['student']!r}: {one_line(exc)[:300]}") from None
-    meta = {"student": ckpt["student"], "image_size": int(ckpt["image_size"]), "num_classes": int(ckpt.get("num_classes", 2))}
+        raise CheckpointError(f"{path}: weights do not fit student {ckpt['student']!r}: "
+                              f"{one_line(exc)[:300]}") from None
+    meta = {"student": ckpt["student"], "image_size": int(ckpt["image_size"]),
+            "num_classes": int(ckpt.get("num_classes", 2))}
     return net.eval(), meta
 
 

@@ -9,7 +9,8 @@ shows no face is recorded in the index's ``skipped`` list, never fatal.
 from __future__ import annotations
 
 import json
-import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Protocol, Sequence
@@ -240,15 +241,14 @@ def process(sv: SourceVideo, out: Path, params: dict[str, Any], detector: FaceDe
     indices, frames = load_unit(sv, params["frames"])
     crops = face_crops(frames, detector, params["margin"] or 1.0, params["size"])
     vdir = video_dir(out, sv.video)
-    if vdir.exists():
-        shutil.rmtree(vdir)  # leftovers of an interrupted attempt
-    vdir.mkdir(parents=True)
-    rows = []
-    for idx, (crop, box, detected) in zip(indices, crops):
-        name = f"{idx:04d}.png"
-        Image.fromarray(crop).save(vdir / name)
-        rows.append({"path": (vdir / name).relative_to(out).as_posix(), "frame": idx, "box": list(box),
-                     "detected": detected})
+    vdir.mkdir(parents=True, exist_ok=True)
+    for old in vdir.glob("*.png"):  # leftovers of an interrupted attempt (not sub-folders: other videos' ids)
+        old.unlink()
+    names = [f"{idx:04d}.png" for idx in indices]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # zlib releases the GIL
+        list(pool.map(lambda nc: Image.fromarray(nc[1][0]).save(vdir / nc[0]), zip(names, crops)))
+    rows = [{"path": (vdir / name).relative_to(out).as_posix(), "frame": idx, "box": list(box), "detected": detected}
+            for name, idx, (_, box, detected) in zip(names, indices, crops)]
     write_json(vdir / MARKER, {"video": sv.video, "params": params, "frames": rows})
     return rows
 
@@ -285,10 +285,16 @@ def prepare(source: str, root: Path, out: Path, *, size: int = 299, frames: int 
     root, out = Path(root).expanduser(), Path(out).expanduser()
     if not root.exists():
         raise DatasetError(f"--root not found: {root}")
+    if source != "ffpp" and (methods or splits):
+        raise DatasetError("--methods and --splits apply to ffpp only")
     found = discover(source, root, compression, methods, splits)
-    ids = [sv.video for sv in found.videos]
-    if len(set(ids)) != len(ids):
-        dup = sorted({v for v in ids if ids.count(v) > 1})
+    if found.meta.get("outside_splits"):
+        log(f"prepare: {found.meta['outside_splits']} videos are in no split file; left out")
+    for s in found.skipped:
+        log(f"prepare: skipped {s['video']}: {s['reason']}")
+    counts = Counter(sv.video for sv in found.videos)
+    dup = sorted(v for v, n in counts.items() if n > 1)
+    if dup:
         raise DatasetError(f"duplicate video ids {', '.join(dup[:3])}: rename files so each video is unique")
     params = {"dataset": source, **({"compression": found.meta["compression"]} if source == "ffpp" else {}),
               "size": size, "frames": frames, "detector": detector, "margin": margin if detector != "none" else None}

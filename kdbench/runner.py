@@ -12,13 +12,16 @@ import torch
 
 from kdbench import __version__
 from kdbench.config import RunConfig
+from kdbench.data.frames import FrameSet, FrameSplits, normalize
 from kdbench.data.registry import load_dataset
+from kdbench.distiller import Distiller
 from kdbench.io import atomic_save
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
-from kdbench.teacher_cache import build_teacher, ensure_teacher
+from kdbench.runtime import Runtime, main_first, prepare_module
+from kdbench.teacher_cache import Teacher, build_teacher, ensure_teacher
 from kdbench.trainer import fit
 
 Log = Callable[[str], None]
@@ -52,23 +55,57 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def place_frames(splits: FrameSplits, rt: Runtime) -> str:
+    """Keep uint8 frames resident on the device when they fit the budget, else pinned on the host."""
+    if rt.device.type == "cpu":
+        return "host"
+    need = sum(f.images.numel() for f in splits.values())
+    if need <= rt.free_bytes():
+        for f in splits.values():
+            f.images = f.images.to(rt.device)
+        return "device"
+    for f in splits.values():
+        f.images = f.images.pin_memory()
+    return "pinned host"
 
 
-def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, device: torch.device, spec: str = "",
+def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt: Runtime,
+                   log: Log) -> tuple[Callable[[torch.Tensor], dict[str, torch.Tensor]], str]:
+    """Cached features on the device if they fit the budget; otherwise an online bf16 teacher."""
+    taps, reductions = distiller.teacher_taps(), distiller.teacher_reductions()
+    if not taps:
+        return (lambda idx: {}), "none"
+    with torch.no_grad():
+        _, probe = teacher.model(normalize(frames.images[:1].to(rt.device)))
+    per_sample = sum((reductions[t](probe[t]) if t in reductions else probe[t]).numel() * 4 for t in taps)
+    if rt.device.type == "cpu" or per_sample * len(frames) <= rt.free_bytes():
+        with main_first(rt):
+            feats = teacher.features("train", frames, taps, reductions, rt.device, log)
+        feats = {k: v.to(rt.device) for k, v in feats.items()}
+        return (lambda idx: {k: v[idx.to(rt.device)] for k, v in feats.items()}), "cache"
+
+    @torch.inference_mode()
+    def online(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type == "cuda"):
+            _, all_taps = teacher.model(normalize(frames.images[idx.to(frames.images.device)].to(rt.device)))
+        return {t: (reductions[t](all_taps[t]) if t in reductions else all_taps[t]).float().clone() for t in taps}
+
+    log(f"teacher features ({per_sample * len(frames) / 2**30:.1f} GiB) exceed the memory budget: online teacher")
+    return online, "online"
+
+
+def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",
         log: Log = print, progress: bool = True) -> RunRecord:
     """Train ``cfg`` and store its record; a failure is recorded, then re-raised."""
     run_hash = cfg.hash
     rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
-                    status="running", config=cfg.to_dict(), device=device_name(device), versions=versions())
-    previous = store.get(run_hash)
+                    status="running", config=cfg.to_dict(), device=device_name(rt.device), versions=versions())
+    previous = store.get(run_hash) if rt.is_main else None
     if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
         rec.created, rec.wall_time = previous.created, previous.wall_time
-    store.put(rec)
+    put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
+    put(rec)
     emit("run_start", rec.config, {"hash": run_hash})
     t0 = time.perf_counter()
     try:
@@ -76,37 +113,32 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, device: torch.device
         # Build the distiller first (from the teacher's architecture, not its weights), so a bad
         # option fails in seconds instead of after the teacher has trained.
         torch.manual_seed(cfg.seed)
-        student = build_student(cfg.student).to(device)
-        s_shapes = probe_shapes(student, size, device)
+        student = build_student(cfg.student)
+        s_shapes = probe_shapes(student, size)
         with torch.random.fork_rng(devices=[]):
             t_shapes = probe_shapes(build_teacher(cfg, load_weights=False), size)
-        distiller = create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp).to(device)
+        distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
+        student = prepare_module(student, rt)
         splits = load_dataset(cfg.dataset, size, cfg.data)
-        teacher = ensure_teacher(cfg, splits, ws.root, device, log=log, progress=progress)
+        placement = place_frames(splits, rt)
+        teacher = ensure_teacher(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
             splits["test"] = load_dataset(cfg.test_dataset, size, cfg.test_data)["test"]
-        reductions = distiller.teacher_reductions()
-        t_taps = distiller.teacher_taps()
-        feats = {k: v.to(device) for k, v in
-                 teacher.features("train", splits["train"], t_taps, reductions, device, log).items()}
-
-        def teacher_features(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            idx = idx.to(device)
-            return {k: v[idx] for k, v in feats.items()}
-
+        teacher_features, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student} on {cfg.dataset} "
-            f"({cfg.profile} profile, seed {cfg.seed}, {device_name(device)})")
+            f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
-                     distiller=distiller, teacher_features=teacher_features, device=device,
+                     distiller=distiller, teacher_features=teacher_features, rt=rt,
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
                      progress=progress,
                      on_epoch=lambda row: emit("epoch_end", rec.config, row))
-        atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
-                     "state_dict": result.best_state}, ws.run_dir(run_hash) / "student.pt")
+        if rt.is_main:
+            atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
+                         "state_dict": result.best_state}, ws.run_dir(run_hash) / "student.pt")
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
-        rec.history = result.history
+        rec.history = {**result.history, "runtime": {**rt.describe(), "frames": placement, "teacher_features": source}}
         rec.status = "done"
     except BaseException as exc:
         rec.status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
@@ -115,6 +147,6 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, device: torch.device
         raise
     finally:
         rec.wall_time = (rec.wall_time or 0.0) + time.perf_counter() - t0
-        store.put(rec)
+        put(rec)
         emit("run_end" if rec.status == "done" else "run_failed", rec.config, {"hash": run_hash, "status": rec.status})
     return rec

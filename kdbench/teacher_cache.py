@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from kdbench.config import RunConfig, TrainConfig, digest, file_sha256
+from kdbench.runtime import Runtime, main_first, prepare_module
 from kdbench.io import atomic_save, safe_load
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
 from kdbench.models.teacher import DualBranchTeacher
@@ -156,14 +157,17 @@ def _load_teacher(root: Path, key_hash: str, cfg: RunConfig) -> tuple[DualBranch
     return model, meta.get("metrics", {})
 
 
-def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, device: torch.device,
+def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runtime,
                    log: Log = print, progress: bool = True) -> Teacher:
-    """The cached teacher for ``cfg``, trained now if there is none (or it is stale/corrupt)."""
+    """The cached teacher for ``cfg``, trained now if there is none (or it is stale/corrupt).
+    Under torchrun, rank 0 trains it alone while the other processes wait, then all load it."""
     from kdbench.trainer import fit
 
     key_hash = digest(teacher_key(cfg))
     root = workdir / "teachers" / key_hash
-    with _locked(root):
+    device = rt.device
+    single = replace(rt, rank=0, world=1)
+    with main_first(rt), _locked(root):
         try:
             model, metrics = _load_teacher(root, key_hash, cfg)
             log(f"teacher: cached {key_hash} (val acc {metrics.get('val', {}).get('acc', float('nan')):.2f}, "
@@ -180,11 +184,11 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, device: t
             log(f"teacher: training {key_hash} ({cfg.teacher.backbone} branches, {cfg.teacher.epochs} epochs)")
             t = cfg.teacher
             torch.manual_seed(t.seed)
-            model = build_teacher(cfg).to(device)
+            model = prepare_module(build_teacher(cfg), single)
             tcfg = TrainConfig(image_size=cfg.train.image_size, epochs=t.epochs, batch_size=t.batch_size,
                                eval_batch_size=cfg.train.eval_batch_size, lr=t.lr, lr_step=t.lr_step,
                                lr_gamma=t.lr_gamma, log_every=0)
-            res = fit(model, splits["train"], splits["val"], splits["test"], tcfg, seed=t.seed, device=device,
+            res = fit(model, splits["train"], splits["val"], splits["test"], tcfg, seed=t.seed, rt=single,
                       label="teacher", progress=progress)
             metrics = {"best_epoch": res.best_epoch, "val": res.val, "test": res.test,
                        "params": sum(p.numel() for p in model.parameters())}

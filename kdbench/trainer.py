@@ -24,6 +24,7 @@ from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
 from kdbench.io import atomic_save, safe_load
 from kdbench.metrics import forgery_metrics
+from kdbench.runtime import Runtime, average_gradients, rank_slice
 
 CHECKPOINT_FORMAT = 1
 
@@ -61,21 +62,28 @@ def grad_cosine(terms: Mapping[str, Tensor], taps: Mapping[str, Tensor]) -> floa
 
 
 @torch.no_grad()
-def predict(model: nn.Module, frames: FrameSet, batch_size: int, device: torch.device) -> Tensor:
+def predict(model: nn.Module, frames: FrameSet, batch_size: int, rt: Runtime) -> Tensor:
     """P(fake) per frame, in eval mode."""
     was = model.training
     model.eval()
     probs = []
     for start in range(0, len(frames), batch_size):
-        x = normalize(frames.images[start:start + batch_size].to(device))
-        logits, _ = model(x)
+        x = _batch(frames.images[start:start + batch_size], rt)
+        with rt.autocast():
+            logits, _ = model(x)
         probs.append(logits.float().softmax(1)[:, 1].cpu())
     model.train(was)
     return torch.cat(probs)
 
 
-def evaluate(model: nn.Module, frames: FrameSet, batch_size: int, device: torch.device) -> dict[str, float]:
-    return forgery_metrics(frames.labels.numpy(), predict(model, frames, batch_size, device).numpy(), frames.videos)
+def evaluate(model: nn.Module, frames: FrameSet, batch_size: int, rt: Runtime) -> dict[str, float]:
+    return forgery_metrics(frames.labels.numpy(), predict(model, frames, batch_size, rt).numpy(), frames.videos)
+
+
+def _batch(images: Tensor, rt: Runtime) -> Tensor:
+    """uint8 frames (resident on the device or pinned on the host) -> a normalised input batch."""
+    x = normalize(images.to(rt.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
 
 def fit(
@@ -87,7 +95,7 @@ def fit(
     seed: int,
     distiller: Distiller | None = None,
     teacher_features: Callable[[Tensor], dict[str, Tensor]] | None = None,
-    device: torch.device | str = "cpu",
+    rt: Runtime = Runtime(),
     checkpoint: Path | None = None,
     identity: str = "",
     label: str = "train",
@@ -101,9 +109,9 @@ def fit(
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
     the same ``identity`` the run resumes from it.
     """
-    device = torch.device(device)
     extra = distiller.student_parameters() if distiller is not None else []
-    opt = torch.optim.Adam([*model.parameters(), *extra], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    params = [*model.parameters(), *extra]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     gen = torch.Generator().manual_seed(seed)
     history: dict[str, Any] = {"epochs": [], "diagnostics": []}
@@ -128,7 +136,8 @@ def fit(
     s_taps = distiller.student_taps() if distiller is not None else []
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    forward = torch.compile(model) if rt.compile else model
+    with Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
         task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -138,51 +147,57 @@ def fit(
             sums: dict[str, float] = {}
             seen, t0 = 0, time.perf_counter()
             for i in range(steps_per_epoch):
-                idx = perm[i * bs:(i + 1) * bs]
+                idx = rank_slice(perm[i * bs:(i + 1) * bs], rt)
                 step = epoch * steps_per_epoch + i
                 log = cfg.log_every > 0 and step % cfg.log_every == 0
-                x = normalize(train.images[idx].to(device, non_blocking=True))
-                y = train.labels[idx].to(device)
-                logits, taps = model(x)
-                terms = {"ce": F.cross_entropy(logits, y)}
-                diag: dict[str, float] = {}
-                if distiller is not None:
-                    feats = teacher_features(idx) if teacher_features is not None else {}
-                    student = {k: taps[k] for k in s_taps}
-                    kd = distiller(student, feats, y)
-                    terms.update(kd)
-                    if log and distiller.mode == "both" and not getattr(distiller, "reports_grad_cos", False):
-                        cos = grad_cosine(kd, student)
-                        if cos is not None:
-                            diag["grad_cos"] = cos
+                x = _batch(train.images[idx.to(train.images.device)], rt)
+                y = train.labels[idx].to(rt.device)
+                with rt.autocast():
+                    logits, taps = forward(x)
+                    terms = {"ce": F.cross_entropy(logits, y)}
+                    diag: dict[str, float] = {}
+                    if distiller is not None:
+                        feats = teacher_features(idx) if teacher_features is not None else {}
+                        student = {k: taps[k] for k in s_taps}
+                        kd = distiller(student, feats, y)
+                        terms.update(kd)
+                if log and distiller is not None and distiller.mode == "both" \
+                        and not getattr(distiller, "reports_grad_cos", False):
+                    cos = grad_cosine(kd, student)
+                    if cos is not None:
+                        diag["grad_cos"] = cos
                 bad = check_finite(terms)
                 if bad is not None:
                     raise TrainingError(f"non-finite loss at epoch {epoch} step {step}: term {bad!r} = {float(terms[bad])}")
                 loss = sum(terms.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(params, rt)
                 if distiller is not None:
                     info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                     student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log)
                     diag.update(distiller.after_backward(info) or {})
                 opt.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                for k, v in terms.items():  # summed on the device: no host sync per step
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
                 seen += len(idx)
                 if diag:
                     history["diagnostics"].append({"step": step, "epoch": epoch, **diag})
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                bar.update(task, advance=1, stats=f"ep {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f} {rate:.0f} img/s")
+                stats = None
+                if log or i == steps_per_epoch - 1:
+                    rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
+                    stats = f"ep {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f} {rate:.0f} img/s"
+                bar.update(task, advance=1, **({"stats": stats} if stats else {}))
             sched.step()
-            val_metrics = evaluate(model, val, cfg.eval_batch_size, device)
+            val_metrics = evaluate(model, val, cfg.eval_batch_size, rt)
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_time": time.perf_counter() - t0,
-                   "img_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                   **{f"loss_{k}": v / max(seen, 1) for k, v in sums.items()},
+                   "img_per_s": seen * rt.world / max(time.perf_counter() - t0, 1e-9),
+                   **{f"loss_{k}": float(v) / max(seen, 1) for k, v in sums.items()},
                    **{f"val_{k}": v for k, v in val_metrics.items()}}
             history["epochs"].append(row)
             if best is None or val_metrics["acc"] > best[0]:
                 best = (val_metrics["acc"], epoch, val_metrics, copy.deepcopy(model.state_dict()))
-            if checkpoint is not None:
+            if checkpoint is not None and rt.is_main:
                 atomic_save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
                               "model": model.state_dict(),
                               "distiller": distiller.state_dict() if distiller is not None else {},
@@ -195,7 +210,7 @@ def fit(
 
     assert best is not None, "no epoch ran"
     model.load_state_dict(best[3])  # selected on validation; test is evaluated once, here
-    test_metrics = evaluate(model, test, cfg.eval_batch_size, device)
+    test_metrics = evaluate(model, test, cfg.eval_batch_size, rt)
     return FitResult(best_epoch=best[1], val=best[2], test=test_metrics, history=history, best_state=best[3])
 
 

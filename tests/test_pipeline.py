@@ -8,10 +8,12 @@ import kdbench.trainer as trainer
 from kdbench.config import resolve
 from kdbench.data.registry import load_dataset
 from kdbench.runner import Workspace, run
+from kdbench.runtime import Runtime
 from kdbench.store import ResultsStore
 from kdbench.teacher_cache import ensure_teacher
 
 CPU = torch.device("cpu")
+RT = Runtime()
 
 
 def smoke(method="vanilla", **kw):
@@ -27,10 +29,10 @@ def splits():
 def test_teacher_cache_reuse_and_invalidation(tmp_path, splits):
     cfg = smoke()
     logs = []
-    first = ensure_teacher(cfg, splits, tmp_path, CPU, log=logs.append, progress=False)
+    first = ensure_teacher(cfg, splits, tmp_path, RT, log=logs.append, progress=False)
     assert not first.cached and any("training" in m for m in logs)
     logs.clear()
-    second = ensure_teacher(cfg, splits, tmp_path, CPU, log=logs.append, progress=False)
+    second = ensure_teacher(cfg, splits, tmp_path, RT, log=logs.append, progress=False)
     assert second.cached and second.hash == first.hash
     assert logs == [m for m in logs if m.startswith(f"teacher: cached {first.hash}")]
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
@@ -38,7 +40,7 @@ def test_teacher_cache_reuse_and_invalidation(tmp_path, splits):
 
     # a different teacher config is a different key
     other = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, epochs=1))
-    assert ensure_teacher(other, splits, tmp_path, CPU, log=logs.append, progress=False).hash != first.hash
+    assert ensure_teacher(other, splits, tmp_path, RT, log=logs.append, progress=False).hash != first.hash
 
     # features are cached, and a corrupt feature file is detected and rebuilt
     feats = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
@@ -54,7 +56,7 @@ def test_teacher_cache_reuse_and_invalidation(tmp_path, splits):
     # a corrupt teacher checkpoint is detected and the teacher is retrained
     (first.root / "teacher.pt").write_bytes(b"\0" * 100)
     logs.clear()
-    third = ensure_teacher(cfg, splits, tmp_path, CPU, log=logs.append, progress=False)
+    third = ensure_teacher(cfg, splits, tmp_path, RT, log=logs.append, progress=False)
     assert not third.cached
     assert any("rebuilding" in m for m in logs)
 
@@ -63,9 +65,9 @@ def test_selection_on_validation_not_test(splits, monkeypatch):
     seen = []
     real_evaluate = trainer.evaluate
 
-    def spy(model, frames, batch_size, device):
+    def spy(model, frames, batch_size, rt):
         seen.append("test" if frames is splits["test"] else "val" if frames is splits["val"] else "?")
-        return real_evaluate(model, frames, batch_size, device)
+        return real_evaluate(model, frames, batch_size, rt)
 
     monkeypatch.setattr(trainer, "evaluate", spy)
     from kdbench.models.students import build_student
@@ -85,7 +87,7 @@ def test_two_identical_runs_are_identical(tmp_path):
     metrics = []
     for name in ("a", "b"):
         ws = Workspace(tmp_path / name)
-        rec = run(cfg, ws, ResultsStore(ws.store_path), CPU, log=lambda m: None, progress=False)
+        rec = run(cfg, ws, ResultsStore(ws.store_path), RT, log=lambda m: None, progress=False)
         assert rec.status == "done"
         metrics.append((rec.metrics["test"], [r["loss_ce"] for r in rec.history["epochs"]]))
         stored = ResultsStore(ws.store_path).get(cfg.hash)

@@ -148,11 +148,13 @@ def test_celebdf_layout_variants_and_test_list(tmp_path):
     index = json.loads((tmp_path / "out/index.json").read_text())
     video = {it["video"]: it for it in index["items"]}
     assert video["YouTube-real/00002"]["label"] == 0 and video["YouTube-real/00002"]["split"] == "test"  # 1 = REAL
-    assert video["Celeb-synthesis/id1_id0_0001"]["label"] == 1 and video["Celeb-synthesis/id1_id0_0001"]["split"] == "test"
+    fake = video["Celeb-synthesis/id1_id0_0001"]
+    assert fake["label"] == 1 and fake["split"] == "test"
     assert video["Celeb-real/id0_0000"]["split"] == "trainval"
     tests = {v for v, it in video.items() if it["split"] == "test"}
     assert tests == {line.split()[1].rsplit(".", 1)[0] for line in factory.CELEB_TEST}
-    assert index["skipped"] == [{"video": "Celeb-synthesis/id9_id8_0000", "path": str(raw / "Celeb-synthesis/id9_id8_0000"),
+    missing = "Celeb-synthesis/id9_id8_0000"
+    assert index["skipped"] == [{"video": missing, "path": str(raw / missing),
                                  "reason": "listed in List_of_testing_videos.txt but not found"}]
 
 
@@ -164,7 +166,8 @@ def test_celebdf_flipped_test_list_is_caught(tmp_path):
 
 
 def test_mtcnn_crops_the_face_and_skips_a_faceless_video(tmp_path):
-    pytest.importorskip("facenet_pytorch", reason="facenet-pytorch not installed (pip install --no-deps facenet-pytorch)")
+    pytest.importorskip("facenet_pytorch", reason="facenet-pytorch not installed: "
+                        "pip install --no-deps facenet-pytorch==2.6.0")
     frames, faces = factory.pan_frames("astronaut", n=6, seed=3)
     factory.write_video(tmp_path / "raw/real/a.mp4", frames)
     factory.write_video(tmp_path / "raw/fake/nobody.mp4", factory.faceless_frames(n=6))

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from kdbench.data.frames import FAKE, REAL, SPLITS, FrameSplits
 from kdbench.data.prepared import (INDEX, UNSPLIT, Discovery, SourceVideo, build_splits, dataset_options,
-                                   decode_images, find_index, load_prepared, one_line, split_options)
+                                   decode_images, load_prepared, one_line, split_options)
 from kdbench.data.registry import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -121,7 +121,6 @@ def build(image_size: int, options: Mapping[str, Any]) -> FrameSplits:
     opts = dataset_options("folder", options)
     root = Path(opts["root"]).expanduser()
     if root.is_dir() and ((root / INDEX).is_file() or (root / "folder" / INDEX).is_file()):
-        find_index(root, "folder")
         return load_prepared("folder", image_size, opts, {})
     found = discover(root)
     videos = [sv for sv in found.videos if sv.kind == "video"]

@@ -175,9 +175,13 @@ def read_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def decode_images(paths: Sequence[Path], size: int) -> np.ndarray:
-    """All images as one uint8 (N, 3, size, size) array; PIL decodes in parallel threads."""
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+def decode_images(paths: Sequence[Path], size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """All images as one uint8 (N, 3, size, size) array (``out``, e.g. a memory map, when given).
+
+    PIL decodes in parallel threads; the first corrupt file stops it with its name.
+    """
+    if out is None:
+        out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def one(i: int) -> None:
         out[i] = read_image(paths[i], size)
@@ -187,35 +191,44 @@ def decode_images(paths: Sequence[Path], size: int) -> np.ndarray:
     return out
 
 
-def cached_images(root: Path, paths: Sequence[str], size: int, log: Callable[[str], None] | None = None) -> np.ndarray:
-    """Decoded frames, memory-mapped from ``cache/frames-<size>-<key>.npy`` when it exists.
+def cached_images(root: Path, paths: Sequence[str], size: int, key: str,
+                  log: Callable[[str], None] | None = None) -> np.ndarray:
+    """Decoded frames, memory-mapped from ``cache/frames-<size>-<key>.npy``.
 
-    The key hashes the item paths, so a re-prepared directory gets a fresh cache;
-    a read-only directory just goes without one.
+    The first load decodes straight into that file (FF++ at 299 px is ~43 GB:
+    it is never held twice in memory). ``key`` identifies the index content, so
+    a re-prepared directory gets a fresh cache. A read-only directory goes without.
     """
-    key = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
     cache = root / "cache" / f"frames-{size}-{key}.npy"
+    shape = (len(paths), 3, size, size)
     if cache.is_file():
         try:
             arr = np.load(cache, mmap_mode="r")
-            if arr.shape == (len(paths), 3, size, size) and arr.dtype == np.uint8:
+            if arr.shape == shape and arr.dtype == np.uint8:
                 return arr
         except (OSError, ValueError):
             pass
         if log:
-            log(f"data: cache {cache.name} unreadable; decoding again")
-    arr = decode_images([root / p for p in paths], size)
+            log(f"data: cache {cache} unreadable; decoding again")
+    files = [root / p for p in paths]
+    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}.npy")
     try:
         cache.parent.mkdir(exist_ok=True)
-        for old in cache.parent.glob(f"frames-{size}-*.npy"):
-            old.unlink()
-        tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}.npy")
-        np.save(tmp, arr)
-        os.replace(tmp, cache)
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as exc:
         if log:
-            log(f"data: cannot write frame cache in {root} ({one_line(exc)}); continuing without")
-    return arr
+            log(f"data: cannot write a frame cache in {root} ({one_line(exc)}); decoding into memory")
+        return decode_images(files, size)
+    try:
+        decode_images(files, size, out=arr)
+        arr.flush()
+        del arr
+        for old in cache.parent.glob(f"frames-{size}-*.npy"):
+            old.unlink()
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return np.load(cache, mmap_mode="r")
 
 
 # ----------------------------------------------------------------------------- items -> FrameSplits
@@ -260,14 +273,14 @@ def load_prepared(name: str, image_size: int, options: Mapping[str, Any], expect
                                f"{key}={want!r}")
     if not index["items"]:
         raise DatasetError(f"{index_path} lists no frames (every video was skipped? see its 'skipped' list)")
-    all_paths = [it["path"] for it in index["items"]]
-    images = cached_images(index_path.parent, all_paths, image_size, log)
     if sources is not None:
         present = {it["source"] for it in index["items"]}
         missing = sorted(set(sources) - present)
         if missing:
             raise DatasetError(f"{index_path} has no frames of {', '.join(missing)} (it has: "
                                f"{', '.join(sorted(present))}); prepare them or change the methods option")
+    key = hashlib.sha256(index_path.read_bytes()).hexdigest()[:12]  # the cache follows the index content
+    images = cached_images(index_path.parent, [it["path"] for it in index["items"]], image_size, key, log)
     rows = [i for i, it in enumerate(index["items"]) if sources is None or it["source"] in sources]
     items = [index["items"][i] for i in rows]
     return build_splits(items, images, rows, **split_kw)
