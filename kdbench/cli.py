@@ -187,6 +187,7 @@ def grid(
     teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights"),
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
+    test_data_root: Optional[Path] = typer.Option(None, "--test-data-root", help="Prepared test dataset (Table 7)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
@@ -203,7 +204,7 @@ def grid(
     cells = expand(spec, profile=profile, students=split(students), methods=split(methods), datasets=split(datasets),
                    seeds=parse_seeds(seeds), config=load_config_file(config) if config else None,
                    teacher={"weights": str(teacher_weights)} if teacher_weights else None,
-                   data=data_options(data, data_root))
+                   data=data_options(data, data_root), test_data=data_options([], test_data_root))
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
@@ -249,7 +250,7 @@ def teacher_train(
     from kdbench.teacher_cache import ensure_teacher
 
     cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
-                       data=data_options(data, data_root))
+                       data=data_options(data, data_root), test_data=data_options([], test_data_root))
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=_log,
                        progress=console.is_terminal)
@@ -340,13 +341,9 @@ def results(
 
 
 def _register_extensions() -> None:
-    from kdbench import cli_report
+    from kdbench import cli_data, cli_report
 
     cli_report.register(app)
-    try:
-        from kdbench import cli_data
-    except ImportError:  # the data commands are not written yet
-        return
     cli_data.register(app)
 
 

@@ -70,15 +70,24 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What the run is, not where its inputs lie: data roots are left out (like the
+        teacher weights' path, whose content hash is kept), so moving a prepared
+        dataset keeps every run, cell and cached teacher."""
+        data = self.to_dict()
+        for key in ("data", "test_data"):
+            data[key] = {k: v for k, v in data[key].items() if k != "root"}
+        return data
+
     @property
     def hash(self) -> str:
         """Identity of the run: everything that can change its result."""
-        return digest(self.to_dict())
+        return digest(self.identity())
 
     @property
     def cell(self) -> str:
         """Identity of the table cell: the run's hash without the seed (seeds are aggregated)."""
-        data = self.to_dict()
+        data = self.identity()
         data.pop("seed")
         return digest(data)
 

@@ -56,6 +56,7 @@ def expand(
     config: dict[str, Any] | None = None,
     teacher: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    test_data: dict[str, Any] | None = None,
 ) -> list[Cell]:
     """All cells of spec ``name``; options narrow or replace the spec's own lists."""
     spec_name, spec = load_spec(name)
@@ -80,7 +81,7 @@ def expand(
                 variant = dict(zip(keys, values))
                 cfg = resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile,
                               seed=seed, hp={**group.get("hp", {}), **variant}, config=config, teacher=teacher,
-                              test_dataset=test_ds, data=data)
+                              test_dataset=test_ds, data=data, test_data=test_data)
                 if cfg.hash in seen:
                     continue
                 seen.add(cfg.hash)

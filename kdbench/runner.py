@@ -84,7 +84,7 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
         feats = {k: v.to(rt.device) for k, v in feats.items()}
         return (lambda idx: {k: v[idx.to(rt.device)] for k, v in feats.items()}), "cache"
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
     def online(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type == "cuda"):
             _, all_taps = teacher.model(normalize(frames.images[idx.to(frames.images.device)].to(rt.device)))

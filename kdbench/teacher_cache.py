@@ -35,7 +35,7 @@ def teacher_key(cfg: RunConfig) -> dict[str, Any]:
     """Everything that determines the teacher's weights and features."""
     teacher = asdict(cfg.teacher)
     teacher.pop("weights")  # the file's content (weights_sha256) matters, not where it lies
-    return {"format": TEACHER_FORMAT, "dataset": cfg.dataset, "data": dict(cfg.data),
+    return {"format": TEACHER_FORMAT, "dataset": cfg.dataset, "data": cfg.identity()["data"],
             "image_size": cfg.train.image_size, "teacher": teacher}
 
 

@@ -86,6 +86,37 @@ def _batch(images: Tensor, rt: Runtime) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
 
+def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
+               opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
+               feats: Mapping[str, Tensor], info: StepInfo) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """One optimisation step: CE + the distiller's terms under autocast, one backward,
+    gradient averaging across processes, the distiller's leader step, the optimizer step."""
+    diag: dict[str, float] = {}
+    with rt.autocast():
+        logits, taps = forward(x)
+        terms = {"ce": F.cross_entropy(logits, y)}
+        if distiller is not None:
+            student = {k: taps[k] for k in distiller.student_taps()}
+            kd = distiller(student, feats, y)
+            terms.update(kd)
+    if info.log and distiller is not None and distiller.mode == "both" \
+            and not getattr(distiller, "reports_grad_cos", False):
+        cos = grad_cosine(kd, student)
+        if cos is not None:
+            diag["grad_cos"] = cos
+    bad = check_finite(terms)
+    if bad is not None:
+        raise TrainingError(f"non-finite loss at epoch {info.epoch} step {info.step}: term {bad!r} = {float(terms[bad])}")
+    loss = sum(terms.values())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(params, rt)
+    if distiller is not None:
+        diag.update(distiller.after_backward(info) or {})
+    opt.step()
+    return terms, diag
+
+
 def fit(
     model: nn.Module,
     train: FrameSet,
@@ -133,7 +164,6 @@ def fit(
     n = len(train)
     bs = cfg.batch_size
     steps_per_epoch = max(1, n // bs) if n % bs < 2 else n // bs + 1  # no batch of one (BN)
-    s_taps = distiller.student_taps() if distiller is not None else []
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     forward = torch.compile(model) if rt.compile else model
@@ -152,32 +182,10 @@ def fit(
                 log = cfg.log_every > 0 and step % cfg.log_every == 0
                 x = _batch(train.images[idx.to(train.images.device)], rt)
                 y = train.labels[idx].to(rt.device)
-                with rt.autocast():
-                    logits, taps = forward(x)
-                    terms = {"ce": F.cross_entropy(logits, y)}
-                    diag: dict[str, float] = {}
-                    if distiller is not None:
-                        feats = teacher_features(idx) if teacher_features is not None else {}
-                        student = {k: taps[k] for k in s_taps}
-                        kd = distiller(student, feats, y)
-                        terms.update(kd)
-                if log and distiller is not None and distiller.mode == "both" \
-                        and not getattr(distiller, "reports_grad_cos", False):
-                    cos = grad_cosine(kd, student)
-                    if cos is not None:
-                        diag["grad_cos"] = cos
-                bad = check_finite(terms)
-                if bad is not None:
-                    raise TrainingError(f"non-finite loss at epoch {epoch} step {step}: term {bad!r} = {float(terms[bad])}")
-                loss = sum(terms.values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                average_gradients(params, rt)
-                if distiller is not None:
-                    info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                                    student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log)
-                    diag.update(distiller.after_backward(info) or {})
-                opt.step()
+                info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                                student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log)
+                feats = teacher_features(idx) if distiller is not None and teacher_features is not None else {}
+                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info)
                 for k, v in terms.items():  # summed on the device: no host sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
                 seen += len(idx)
@@ -186,7 +194,8 @@ def fit(
                 stats = None
                 if log or i == steps_per_epoch - 1:
                     rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
-                    stats = f"ep {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.4f} {rate:.0f} img/s"
+                    loss = float(sum(v.detach() for v in terms.values()))
+                    stats = f"ep {epoch + 1}/{cfg.epochs} loss {loss:.4f} {rate:.0f} img/s"
                 bar.update(task, advance=1, **({"stats": stats} if stats else {}))
             sched.step()
             val_metrics = evaluate(model, val, cfg.eval_batch_size, rt)

@@ -159,19 +159,14 @@ def test_folder_dataset_raw_images_and_csv(tmp_path):
 def test_prepare_then_run_completes(ffpp_dir, tmp_path):
     from kdbench.config import resolve
     from kdbench.runner import Workspace, run
+    from kdbench.runtime import Runtime
     from kdbench.store import ResultsStore
 
     cfg = resolve(method="vanilla", profile="smoke", dataset="ffpp-c40", data={"root": str(ffpp_dir)},
-                  train={"epochs": 1}, teacher={"epochs": 1})  # 48 px; one epoch each keeps it seconds
+                  train={"epochs": 1}, teacher={"epochs": 1})  # 48 px; one epoch each keeps it short
     ws = Workspace(tmp_path / "ws")
-    try:  # the runner takes a Runtime (device, precision, ...); older trees took a torch.device
-        from kdbench.runtime import Runtime
-
-        rt = Runtime()
-    except ImportError:
-        rt = torch.device("cpu")
-    rec = run(cfg, ws, ResultsStore(ws.store_path), rt, log=lambda m: None, progress=False)
+    rec = run(cfg, ws, ResultsStore(ws.store_path), Runtime(), log=lambda m: None, progress=False)
     assert rec.status == "done" and rec.dataset == "ffpp-c40"
     assert {"acc", "auc", "video_auc"} <= set(rec.metrics["test"])
     assert (ws.run_dir(rec.hash) / "student.pt").is_file()
-    assert list((ffpp_dir / "cache").glob("frames-48-*.npy"))  # the smoke profile's 48 px, cached
+    assert list((ffpp_dir / "cache").glob("frames-48-*.npy"))  # decoded once at the run size, cached

@@ -184,3 +184,16 @@ def test_mtcnn_crops_the_face_and_skips_a_faceless_video(tmp_path):
         assert it["detected"]
         assert x1 <= (fx1 + fx2) / 2 <= x2 and y1 <= (fy1 + fy2) / 2 <= y2  # the face is in the crop
         assert 0.8 < (x2 - x1) / (1.3 * max(fx2 - fx1, fy2 - fy1)) < 1.25  # sized by the face, with the margin
+
+
+def test_ffpp_layout_variants_raw_as_c0_without_videos_level(tmp_path):
+    from kdbench.data import ffpp
+
+    pairs = {"train": [["000", "001"]], "val": [["002", "003"]], "test": [["004", "005"]]}
+    raw = factory.make_ffpp(tmp_path, methods=["Deepfakes"], compression="c0", pairs=pairs, videos_level=False)
+    factory.face_video(raw / "original_sequences/youtube/c0/999.mp4", 0, n=2)  # in no split file
+    found = ffpp.discover(raw, "raw", methods="deepfakes")
+    assert found.meta == {"compression": "raw", "methods": ["Deepfakes"], "outside_splits": 1}
+    assert len(found.videos) == 6 + 6 and {v.split for v in found.videos} == {"train", "val", "test"}
+    assert {v.video for v in found.videos if v.split == "test"} == {
+        "youtube/004", "youtube/005", "Deepfakes/004_005", "Deepfakes/005_004"}

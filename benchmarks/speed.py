@@ -1,0 +1,186 @@
+"""Training-step speed of kdbench's paths, as ratios measured in one run on one machine.
+
+(a) each distiller's step throughput as a ratio to the vanilla student's;
+(b) the cached-teacher step against an online-teacher step (the way
+    torchdistill and RepDistiller run), per student;
+(c) the step fed from host memory (gather + pinned copy) against the step on
+    GPU-resident frames;
+(d) the compiled vanilla step against the eager one;
+(e) peak GPU memory of each configuration.
+Random data; the timings are medians over ``--steps`` steps after warm-up.
+
+    python benchmarks/speed.py --device cuda --size 299 --batch 64 --json out.json
+    python benchmarks/speed.py --quick            # tiny CPU run (what the tests execute)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from kdbench.data.frames import normalize
+from kdbench.distiller import StepInfo
+from kdbench.models.students import build_student
+from kdbench.models.taps import probe_shapes
+from kdbench.models.teacher import DualBranchTeacher
+from kdbench.plugins import create_distiller
+from kdbench.runtime import Runtime, prepare_module
+from kdbench.trainer import train_step
+
+METHODS = ("at", "pkt", "sp", "fitnet", "vid", "tokd")
+
+
+def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int = 3) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+class Case:
+    """A student (+ distiller) with a step function over a fixed batch."""
+
+    def __init__(self, args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, student: str,
+                 method: str = "vanilla", mode: str = "rgb", compile: bool = False) -> None:
+        torch.manual_seed(0)
+        net = build_student(student)
+        s_shapes = probe_shapes(net, args.size)
+        t_shapes = probe_shapes(teacher, args.size, rt.device)
+        hp = {"rotation_dim": args.rotation_dim} if method == "tokd" else {}
+        self.distiller = None if method == "vanilla" else prepare_module(
+            create_distiller(method, mode, s_shapes, t_shapes, **hp), rt)
+        self.model = prepare_module(net, rt)
+        self.rt, self.teacher = rt, teacher
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
+        self.opt = torch.optim.Adam(self.params, lr=1e-4)
+        n = args.batch
+        self.frames_dev = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8, device=rt.device)
+        self.frames_host = self.frames_dev.cpu().repeat(4, 1, 1, 1)
+        self.y = torch.randint(0, 2, (n,), device=rt.device)
+        self.feats = self.teacher_feats(self.x(self.frames_dev)) if self.distiller else {}
+        self.info = StepInfo(step=1, epoch=0, epochs=15, steps_per_epoch=100, student_lr=1e-4, base_lr=1e-4)
+
+    def x(self, frames: torch.Tensor) -> torch.Tensor:
+        x = normalize(frames.to(self.rt.device, non_blocking=True))
+        return x.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else x
+
+    @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
+    def teacher_feats(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.rt.autocast():
+            _, taps = self.teacher(x)
+        red = self.distiller.teacher_reductions()
+        return {t: (red[t](taps[t]) if t in red else taps[t]).float().clone() for t in self.distiller.teacher_taps()}
+
+    def step(self, online: bool = False, from_host: bool = False) -> None:
+        if from_host:
+            idx = torch.randperm(len(self.frames_host))[: len(self.y)]
+            x = self.x(self.frames_host[idx].pin_memory() if self.rt.device.type == "cuda" else self.frames_host[idx])
+        else:
+            x = self.x(self.frames_dev)
+        feats = self.teacher_feats(x) if online and self.distiller else self.feats
+        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, self.info)
+
+
+def measure(args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, student: str, method: str = "vanilla",
+            mode: str = "rgb", **kw: Any) -> dict[str, Any]:
+    compile_ = kw.pop("compile", False)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    case = Case(args, rt, teacher, student, method, mode, compile_)
+    sec = timed(lambda: case.step(**kw), args.steps, rt.device)
+    return {"student": student, "method": method, "mode": mode, "img_per_s": args.batch / sec,
+            "ms_per_step": sec * 1e3, "peak_mib": peak_mib(rt.device), **kw, "compile": compile_}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=299)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--students", default="res18t,res34t,xception")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--teacher-backbone", default="xception")
+    p.add_argument("--rotation-dim", type=int, default=1024)
+    p.add_argument("--sections", default="a,b,c,d")
+    p.add_argument("--json", default=None)
+    p.add_argument("--quick", action="store_true", help="tiny CPU run: 48 px, batch 8, res18t, res10t teacher")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.device, args.size, args.batch, args.steps, args.students = "cpu", 48, 8, 2, "res18t"
+        args.teacher_backbone, args.rotation_dim, args.sections = "res10t", 256, "a,b,c"
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    rt = Runtime(device=dev, precision="bf16" if cuda else "fp32", channels_last=cuda)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    teacher = prepare_module(DualBranchTeacher(args.teacher_backbone, args.size), rt).eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    students = args.students.split(",")
+    sections = set(args.sections.split(","))
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu", "torch": torch.__version__,
+                           "size": args.size, "batch": args.batch, "precision": rt.precision, "results": {}}
+    res = out["results"]
+    for s in students:
+        base = measure(args, rt, teacher, s)
+        res.setdefault("vanilla", []).append(base)
+        if "a" in sections:
+            for m in args.methods.split(","):
+                r = measure(args, rt, teacher, s, m, "both")
+                r["ratio_to_vanilla"] = r["img_per_s"] / base["img_per_s"]
+                res.setdefault("a_distillers", []).append(r)
+        if "b" in sections:
+            cached = measure(args, rt, teacher, s, "fitnet", "both")
+            online = measure(args, rt, teacher, s, "fitnet", "both", online=True)
+            res.setdefault("b_cached_vs_online", []).append(
+                {"student": s, "cached_img_per_s": cached["img_per_s"], "online_img_per_s": online["img_per_s"],
+                 "speedup": cached["img_per_s"] / online["img_per_s"], "peak_mib_online": online["peak_mib"]})
+        if "c" in sections:
+            host = measure(args, rt, teacher, s, from_host=True)
+            res.setdefault("c_host_vs_resident", []).append(
+                {"student": s, "host_img_per_s": host["img_per_s"], "resident_img_per_s": base["img_per_s"],
+                 "ratio": host["img_per_s"] / base["img_per_s"]})
+        if "d" in sections:
+            comp = measure(args, rt, teacher, s, compile=True)
+            res.setdefault("d_compiled_vs_eager", []).append(
+                {"student": s, "compiled_img_per_s": comp["img_per_s"], "eager_img_per_s": base["img_per_s"],
+                 "speedup": comp["img_per_s"] / base["img_per_s"]})
+    print_tables(out)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    from tabulate import tabulate
+
+    print(f"# {out['device']}, torch {out['torch']}, {out['size']} px, batch {out['batch']}, {out['precision']}")
+    for name, rows in out["results"].items():
+        print(f"\n## {name}")
+        print(tabulate([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+                       headers="keys", tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
