@@ -155,8 +155,11 @@ def run(
         _log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
         rec = done
     else:
-        rec = run_one(cfg, ws, store, make_runtime(device, precision, compile_model), log=_log,
+        rt = make_runtime(device, precision, compile_model)
+        rec = run_one(cfg, ws, store, rt, log=_log if rt.is_main else (lambda _m: None),
                       progress=progress and console.is_terminal)
+        if not rt.is_main:
+            return
     print_metrics(rec)
 
 

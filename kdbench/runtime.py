@@ -4,7 +4,7 @@ None of this enters the run hash. On CPU the defaults are fp32 and one
 process, the tested path; on a GPU bf16 autocast, channels_last and
 GPU-resident data are switched on; under ``torchrun`` each process takes its
 slice of every global batch and gradients are averaged, so 1 and N processes
-follow the same optimisation (BatchNorm statistics are synchronised).
+follow the same optimisation (BatchNorm statistics are synchronised on GPU).
 """
 from __future__ import annotations
 
@@ -82,8 +82,9 @@ def make_runtime(device: str = "auto", precision: str = "auto", compile: bool = 
 
 
 def prepare_module(module: nn.Module, rt: Runtime) -> nn.Module:
-    """Move to the device; sync BatchNorm across processes; channels_last on GPU."""
-    if rt.distributed:
+    """Move to the device; sync BatchNorm across processes (CUDA only: torch's SyncBatchNorm
+    has no CPU kernel, so gloo runs keep per-process statistics); channels_last on GPU."""
+    if rt.distributed and rt.device.type == "cuda":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     module = module.to(rt.device)
     if rt.channels_last:
@@ -105,6 +106,17 @@ def average_gradients(params: Iterable[nn.Parameter], rt: Runtime) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def average_buffers(module: nn.Module, rt: Runtime) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) so every process
+    evaluates and saves the same model."""
+    if not rt.distributed:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf /= rt.world
 
 
 def rank_slice(idx: torch.Tensor, rt: Runtime) -> torch.Tensor:

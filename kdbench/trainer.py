@@ -24,7 +24,7 @@ from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
 from kdbench.io import atomic_save, safe_load
 from kdbench.metrics import forgery_metrics
-from kdbench.runtime import Runtime, average_gradients, rank_slice
+from kdbench.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
 CHECKPOINT_FORMAT = 1
 
@@ -198,6 +198,7 @@ def fit(
                     stats = f"ep {epoch + 1}/{cfg.epochs} loss {loss:.4f} {rate:.0f} img/s"
                 bar.update(task, advance=1, **({"stats": stats} if stats else {}))
             sched.step()
+            average_buffers(model, rt)
             val_metrics = evaluate(model, val, cfg.eval_batch_size, rt)
             row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_time": time.perf_counter() - t0,
                    "img_per_s": seen * rt.world / max(time.perf_counter() - t0, 1e-9),
