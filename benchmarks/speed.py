@@ -35,7 +35,7 @@ from kdbench.trainer import train_step
 METHODS = ("at", "pkt", "sp", "fitnet", "vid", "tokd")
 
 
-def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int = 3) -> float:
+def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int = 2) -> float:
     """Median seconds per call."""
     for _ in range(warmup):
         fn()
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="tiny CPU run: 48 px, batch 8, res18t, res10t teacher")
     args = p.parse_args(argv)
     if args.quick:
-        args.device, args.size, args.batch, args.steps, args.students = "cpu", 48, 8, 2, "res18t"
+        args.device, args.size, args.batch, args.steps, args.students = "cpu", 48, 8, 1, "res18t"
         args.teacher_backbone, args.rotation_dim, args.sections = "res10t", 256, "a,b,c"
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"

@@ -6,6 +6,7 @@ write to one store at once; every write is a single short transaction.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -63,9 +64,9 @@ class RunRecord:
 
 
 class ResultsStore:
-    def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+    def __init__(self, path: str | Path, timeout: float | None = None) -> None:
         self.path = Path(path)
-        self.timeout = timeout
+        self.timeout = float(os.environ.get("KDBENCH_DB_TIMEOUT", 60.0)) if timeout is None else timeout
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:

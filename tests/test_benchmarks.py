@@ -1,0 +1,21 @@
+"""The benchmark scripts run end to end at a tiny size on CPU (the GPU figures need a GPU)."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_tiny_on_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": str(Path(os.sys.executable))}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    ratios = {r["method"]: r["ratio_to_vanilla"] for r in speed["results"]["a_distillers"]}
+    assert set(ratios) == {"at", "pkt", "sp", "fitnet", "vid", "tokd"} and all(r > 0 for r in ratios.values())
+    assert speed["results"]["b_cached_vs_online"][0]["speedup"] > 0
+    assert speed["results"]["c_host_vs_resident"][0]["ratio"] > 0
+    assert json.loads((tmp_path / "rotation_cost.json").read_text())
+    assert "ratio_to_vanilla" in proc.stdout and "gpu_check: done" in proc.stdout

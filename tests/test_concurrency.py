@@ -1,0 +1,23 @@
+"""Two grid shards writing to one results store at once lose no record."""
+import os
+import subprocess
+import sys
+
+from kdbench.store import ResultsStore
+
+
+def test_two_shards_share_one_store(tmp_path):
+    spec = tmp_path / "g.toml"
+    spec.write_text('students = ["res18t"]\n[[group]]\nmethods = ["vanilla"]\n')
+    env = {**os.environ, "KDBENCH_HOME": str(tmp_path / "home"), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "kdbench.cli", "grid", str(spec), "--profile", "smoke", "--seeds", "0,1,2,3"]
+    procs = [subprocess.Popen([*base, "--shard", f"{i}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in (1, 2)]
+    for p in procs:
+        assert p.wait(timeout=900) == 0, p.stderr.read()[-2000:]
+    recs = ResultsStore(tmp_path / "home" / "results.sqlite").query()
+    assert sorted(r.seed for r in recs) == [0, 1, 2, 3] and all(r.status == "done" for r in recs)
+    teachers = list((tmp_path / "home" / "teachers").iterdir())
+    assert len(teachers) == 1  # trained once, shared by both shards
+    again = subprocess.run([*base, "--dry-run"], env=env, capture_output=True, text=True)
+    assert "4 cells, 4 done, 0 to run" in again.stdout
