@@ -18,6 +18,8 @@ def kdbench(*args, home):
     (["--profile", "nosuch"], "unknown profile 'nosuch'; choose one of: smoke, cpu, paper"),
     (["--method", "fitnet", "--hp", "nosuch=1"], "unknown hyper-parameter nosuch for 'fitnet'; valid: "),
     (["--dataset", "nosuch"], "unknown dataset 'nosuch'; choose one of: "),
+    (["--method", "fitnet", "--hp", "beta=abc"], "hyper-parameter beta='abc' is not a valid float"),
+    (["--data-root", "/no/such/dir"], "dataset root not found: /no/such/dir"),
 ])
 def test_bad_choices_are_one_line_exit_2(tmp_path, args, needle):
     proc = kdbench("run", *args, home=tmp_path)

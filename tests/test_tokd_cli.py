@@ -1,0 +1,28 @@
+"""TOKD's switches on the command line (issue: the smoke profile runs every one)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kdbench.store import ResultsStore
+
+SWITCHES = [["--mode", "rgb"], ["--mode", "both"], ["--no-rotation"], ["--no-projector"], ["--rotation-dim", "128"],
+            ["--alpha", "200"]]
+
+
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: " ".join(s))
+def test_tokd_switch_runs_in_smoke_profile(smoke_workspace, switch):
+    env = {**os.environ, "KDBENCH_HOME": str(smoke_workspace.root), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "tokd", "--student", "res18t",
+                           "--profile", "smoke", "--epochs", "1", *switch], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    rec = ResultsStore(smoke_workspace.store_path).query()[-1]
+    hp = rec.config["hp"]
+    expected = {"--no-rotation": ("rotation", False), "--no-projector": ("projector", False),
+                "--rotation-dim": ("rotation_dim", 128), "--alpha": ("alpha", 200.0)}
+    if switch[0] in expected:
+        key, value = expected[switch[0]]
+        assert hp[key] == value
+    else:
+        assert rec.mode == switch[1]
