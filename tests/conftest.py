@@ -14,3 +14,13 @@ def smoke_workspace(tmp_path_factory):
     from kdbench.runner import Workspace
 
     return Workspace(tmp_path_factory.mktemp("kdbench"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny tensors: on a shared 2-core machine two
+    OpenMP threads under contention made a step 10-50x slower (measured); restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -35,14 +35,7 @@ SHAPE_CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two OpenMP threads under
-    contention made a step 10-50x slower (measured); restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- helpers -------------------------------------------------------------------

@@ -24,13 +24,7 @@ from kdbench.rotation import (
 UPDATES = ("riemannian", "expm", "cayley")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is 10-30x faster than two fighting for shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def so_check(R: torch.Tensor, tol: float = 1e-4) -> None:

@@ -23,12 +23,7 @@ T_SHAPES = {"rgb.proj": (6, 4, 4), "fre.proj": (6, 4, 4), "rgb.stage4": (16, 4, 
 B = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(mode: str = "both", s_shapes=S_SHAPES, t_shapes=T_SHAPES, seed: int = 0, **hp):
