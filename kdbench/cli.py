@@ -253,7 +253,7 @@ def teacher_train(
     from kdbench.teacher_cache import ensure_teacher
 
     cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
-                       data=data_options(data, data_root), test_data=data_options([], test_data_root))
+                       data=data_options(data, data_root))
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=_log,
                        progress=console.is_terminal)

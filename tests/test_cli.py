@@ -38,6 +38,8 @@ def test_run_then_cached_teacher_then_results(tmp_path):
     second = kdbench("run", "--method", "vanilla", "--student", "res18t", "--profile", "smoke", home=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "teacher: cached" in second.stderr and "teacher: training" not in second.stderr
+    teacher = kdbench("teacher", "train", "--profile", "smoke", home=tmp_path)
+    assert teacher.returncode == 0 and '"cached": true' in teacher.stdout, teacher.stderr
     listing = kdbench("results", "--format", "csv", home=tmp_path)
     assert listing.returncode == 0
     rows = listing.stdout.strip().splitlines()
