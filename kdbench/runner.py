@@ -136,6 +136,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         if rt.is_main:
             atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
                          "state_dict": result.best_state}, ws.run_dir(run_hash) / "student.pt")
+            (ws.run_dir(run_hash) / "state.pt").unlink(missing_ok=True)  # resume state: no longer needed
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
         rec.history = {**result.history, "runtime": {**rt.describe(), "frames": placement, "teacher_features": source}}
