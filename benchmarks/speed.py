@@ -1,6 +1,7 @@
 """Training-step speed of kdbench's paths, as ratios measured in one run on one machine.
 
-(a) each distiller's step throughput as a ratio to the vanilla student's;
+(a) each distiller's step throughput as a ratio to the vanilla student's, and the
+    cost of the RGB-vs-frequency gradient-cosine diagnostic on a step that logs it;
 (b) the cached-teacher step against an online-teacher step (the way
     torchdistill and RepDistiller run), per student;
 (c) the step fed from host memory (gather + pinned copy) against the step on
@@ -19,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -90,14 +92,15 @@ class Case:
         red = self.distiller.teacher_reductions()
         return {t: (red[t](taps[t]) if t in red else taps[t]).float().clone() for t in self.distiller.teacher_taps()}
 
-    def step(self, online: bool = False, from_host: bool = False) -> None:
+    def step(self, online: bool = False, from_host: bool = False, diagnose: bool = False) -> None:
         if from_host:
             idx = torch.randperm(len(self.frames_host))[: len(self.y)]
             x = self.x(self.frames_host[idx].pin_memory() if self.rt.device.type == "cuda" else self.frames_host[idx])
         else:
             x = self.x(self.frames_dev)
         feats = self.teacher_feats(x) if online and self.distiller else self.feats
-        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, self.info)
+        info = replace(self.info, log=diagnose)  # log=True: the RGB-vs-frequency gradient cosine this step
+        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, info)
 
 
 def measure(args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, student: str, method: str = "vanilla",
@@ -149,6 +152,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r = measure(args, rt, teacher, s, m, "both")
                 r["ratio_to_vanilla"] = r["img_per_s"] / base["img_per_s"]
                 res.setdefault("a_distillers", []).append(r)
+            plain = next(r for r in res["a_distillers"] if r["student"] == s and r["method"] == "fitnet") \
+                if "fitnet" in args.methods.split(",") else measure(args, rt, teacher, s, "fitnet", "both")
+            diag = measure(args, rt, teacher, s, "fitnet", "both", diagnose=True)
+            res.setdefault("a_grad_cosine_overhead", []).append(
+                {"student": s, "method": "fitnet", "every_step_img_per_s": diag["img_per_s"],
+                 "never_img_per_s": plain["img_per_s"], "ratio": diag["img_per_s"] / plain["img_per_s"],
+                 "note": "the trainer computes it every log_every steps, so its cost is this / log_every"})
         if "b" in sections:
             cached = measure(args, rt, teacher, s, "fitnet", "both")
             online = measure(args, rt, teacher, s, "fitnet", "both", online=True)

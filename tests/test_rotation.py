@@ -314,7 +314,7 @@ def test_cosine_form_is_a_positive_per_sample_rescaling_of_rotograd_form(update)
 def test_rotograd_mse_matches_reference_rotograd_package():
     rotograd = pytest.importorskip(
         "rotograd",
-        reason="optional reference check: needs rotograd==0.1.6.0 with geotorch==0.3.0 (not a kdbench dependency)",
+        reason="optional reference check: pip install -e '.[rotograd-ref]' (rotograd==0.1.6.0, geotorch==0.3.0)",
     )
     torch.manual_seed(0)
     B, n_in, D, d = 8, 10, 24, 16
