@@ -50,3 +50,30 @@ def test_sigterm_stops_cleanly_and_records_interruption(tmp_path):
     assert proc.wait(timeout=60) == 130
     assert "re-run the same command to resume" in proc.stderr.read()
     assert only_record(tmp_path).status == "interrupted"
+
+
+def test_grid_killed_at_several_points_finishes_with_the_same_results(tmp_path):
+    spec = tmp_path / "g.toml"
+    spec.write_text('students = ["res18t"]\n[[group]]\nmethods = ["vanilla", "fitnet"]\nmodes = ["rgb"]\n')
+
+    def grid(home):
+        env = {**os.environ, "KDBENCH_HOME": str(home), "COLUMNS": "200"}
+        return subprocess.Popen([sys.executable, "-m", "kdbench.cli", "grid", str(spec), "--profile", "smoke"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    assert grid(tmp_path / "straight").wait(timeout=600) == 0
+    home = tmp_path / "killed"
+    for _ in range(2):  # kill right after an epoch checkpoint is written, twice
+        started = time.time()
+        proc = grid(home)
+        deadline = started + 300
+        while time.time() < deadline and not any(
+                p.stat().st_mtime > started for p in (home / "runs").glob("*/state.pt")):
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    final = grid(home)
+    assert final.wait(timeout=600) == 0, final.stderr.read()
+    straight = {r.hash: r.metrics["test"] for r in ResultsStore(tmp_path / "straight" / "results.sqlite").query()}
+    killed = {r.hash: r.metrics["test"] for r in ResultsStore(home / "results.sqlite").query()}
+    assert straight == killed and len(killed) == 2
