@@ -119,7 +119,8 @@ def test_resize_closed_form():
 
 @pytest.mark.parametrize("src,dst", [((7, 9), (5, 6)), ((7, 9), (11, 13)), ((7, 9), (11, 6)), ((5, 5), (3, 8))])
 def test_resize_matches_reference(src, dst):
-    x = torch.randn(2, 3, *src)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *src, dtype=torch.float64)  # float32 rounding sat at the tolerance's edge
     close(resize(x, dst), ref.ref_resize(x, dst))
 
 
