@@ -197,6 +197,7 @@ def grid(
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Run a grid of cells, skipping finished ones (resumable, shardable)."""
+    from kdbench.data.registry import DatasetCache
     from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
     from kdbench.runner import run as run_one
     from kdbench.runtime import make_runtime
@@ -226,8 +227,9 @@ def grid(
         out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
         return
     rt = make_runtime(device, precision, compile_model)
+    datasets = DatasetCache()  # each dataset is generated or decoded once for the whole grid
     report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=_log,
-                                                  progress=console.is_terminal),
+                                                  progress=console.is_terminal, datasets=datasets),
                       lambda cell: status.get(cell.cfg.hash) == "done", log=_log)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
               f"{len(report.failed)} failed", highlight=False)

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "paper", "gpu128")
 
 
 class ConfigError(ValueError):

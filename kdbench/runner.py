@@ -13,7 +13,7 @@ import torch
 from kdbench import __version__
 from kdbench.config import RunConfig
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
-from kdbench.data.registry import load_dataset
+from kdbench.data.registry import DatasetCache
 from kdbench.distiller import Distiller
 from kdbench.io import atomic_save
 from kdbench.models.students import build_student
@@ -95,8 +95,9 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
 
 
 def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",
-        log: Log = print, progress: bool = True) -> RunRecord:
-    """Train ``cfg`` and store its record; a failure is recorded, then re-raised."""
+        log: Log = print, progress: bool = True, datasets: DatasetCache | None = None) -> RunRecord:
+    """Train ``cfg`` and store its record; a failure is recorded, then re-raised.
+    ``datasets``: a cache shared by the runs of a grid (default: load afresh)."""
     run_hash = cfg.hash
     rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
@@ -119,12 +120,13 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
             t_shapes = probe_shapes(build_teacher(cfg, load_weights=False), size)
         distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
         student = prepare_module(student, rt)
-        splits = load_dataset(cfg.dataset, size, cfg.data)
+        datasets = datasets or DatasetCache()
+        splits = datasets.load(cfg.dataset, size, cfg.data)
         placement = place_frames(splits, rt)
         teacher = ensure_teacher(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
-            splits["test"] = load_dataset(cfg.test_dataset, size, cfg.test_data)["test"]
+            splits["test"] = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"]
         teacher_features, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")

@@ -1,9 +1,10 @@
 """Dataset lookup: built-ins first, then ``kdbench_datasets`` plugins."""
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Mapping
 
-from kdbench.data.frames import FrameSplits
+from kdbench.data.frames import FrameSet, FrameSplits
 
 DatasetBuilder = Callable[[int, Mapping[str, Any]], FrameSplits]
 
@@ -62,3 +63,18 @@ def load_dataset(name: str, image_size: int, options: Mapping[str, Any]) -> Fram
         if len(frames) == 0:
             raise DatasetError(f"dataset {name!r}: split {split!r} is empty")
     return splits
+
+
+class DatasetCache:
+    """Datasets loaded once per process for a whole grid (a synthetic set takes seconds to
+    generate, a prepared one to decode). Each call returns fresh ``FrameSet`` objects over
+    the shared tensors, so a run may re-place or replace them without touching the cache."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, FrameSplits] = {}
+
+    def load(self, name: str, image_size: int, options: Mapping[str, Any]) -> FrameSplits:
+        key = json.dumps([name, image_size, dict(options)], sort_keys=True, default=str)
+        if key not in self._loaded:
+            self._loaded[key] = load_dataset(name, image_size, options)
+        return {split: FrameSet(f.images, f.labels, f.videos) for split, f in self._loaded[key].items()}
