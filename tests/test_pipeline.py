@@ -95,3 +95,16 @@ def test_two_identical_runs_are_identical(tmp_path):
         assert {"kd_rgb", "kd_fre"} <= {k[5:] for k in rec.history["epochs"][0] if k.startswith("loss_")}
         assert any("grad_cos" in d for d in rec.history["diagnostics"])
     assert metrics[0] == metrics[1]
+
+
+def test_dataset_cache_loads_once_and_isolates_runs():
+    from kdbench.data.registry import DatasetCache
+
+    cache, cfg = DatasetCache(), smoke()
+    a = cache.load(cfg.dataset, cfg.train.image_size, cfg.data)
+    b = cache.load(cfg.dataset, cfg.train.image_size, cfg.data)
+    assert a["train"].images is b["train"].images  # generated once
+    a["test"] = a["val"]  # a cross-dataset run replaces its test split ...
+    a["train"].images = a["train"].images[:1]  # ... or re-places frames
+    c = cache.load(cfg.dataset, cfg.train.image_size, cfg.data)
+    assert c["test"].images is b["test"].images and len(c["train"]) == len(b["train"])  # ... without touching others
