@@ -104,10 +104,11 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
         cos = grad_cosine(kd, student)
         if cos is not None:
             diag["grad_cos"] = cos
-    bad = check_finite(terms)
-    if bad is not None:
-        raise TrainingError(f"non-finite loss at epoch {info.epoch} step {info.step}: term {bad!r} = {float(terms[bad])}")
     loss = sum(terms.values())
+    if not bool(torch.isfinite(loss.detach())):  # one host sync per step; the culprit is looked up only then
+        bad = check_finite(terms) or "total"
+        raise TrainingError(f"non-finite loss at epoch {info.epoch} step {info.step}: term {bad!r} = "
+                            f"{float(terms.get(bad, loss))}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(params, rt)
