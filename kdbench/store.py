@@ -121,8 +121,5 @@ class ResultsStore:
         """Finished runs of one table cell (all seeds)."""
         return self.query("cell = ? AND status = 'done'", (cell,))
 
-    def done_hashes(self) -> set[str]:
-        return {r.hash for r in self.query("status = 'done'")}
-
     def delete(self, run_hash: str) -> None:
         self._write("DELETE FROM runs WHERE hash = ?", (run_hash,))

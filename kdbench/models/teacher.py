@@ -20,7 +20,6 @@ from kdbench.frequency import FrequencyTransform
 from kdbench.io import safe_load
 from kdbench.models.students import NETWORKS
 
-BRANCHES = ("rgb", "fre")
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
