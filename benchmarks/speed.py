@@ -25,14 +25,13 @@ from typing import Any, Callable
 
 import torch
 
-from kdbench.data.frames import normalize
-from kdbench.distiller import StepInfo
+from kdbench.distiller import StepInfo, reduce_taps
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
 from kdbench.runtime import Runtime, prepare_module
-from kdbench.trainer import train_step
+from kdbench.trainer import to_input, train_step
 
 METHODS = ("at", "pkt", "sp", "fitnet", "vid", "tokd")
 
@@ -82,15 +81,14 @@ class Case:
         self.info = StepInfo(step=1, epoch=0, epochs=15, steps_per_epoch=100, student_lr=1e-4, base_lr=1e-4)
 
     def x(self, frames: torch.Tensor) -> torch.Tensor:
-        x = normalize(frames.to(self.rt.device, non_blocking=True))
-        return x.contiguous(memory_format=torch.channels_last) if self.rt.channels_last else x
+        return to_input(frames, self.rt)
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
     def teacher_feats(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.rt.autocast():
             _, taps = self.teacher(x)
-        red = self.distiller.teacher_reductions()
-        return {t: (red[t](taps[t]) if t in red else taps[t]).float().clone() for t in self.distiller.teacher_taps()}
+        d = self.distiller
+        return {t: v.float().clone() for t, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
 
     def step(self, online: bool = False, from_host: bool = False, diagnose: bool = False) -> None:
         if from_host:

@@ -73,18 +73,24 @@ def _log(msg: str) -> None:
 WorkdirOpt = typer.Option(None, "--workdir", help="Results store, teacher cache and checkpoints (default ./.kdbench or $KDBENCH_HOME).")
 
 
+def check_names(students: list[str], datasets: list[str]) -> None:
+    """Unknown students or datasets fail before anything is built (teachers take long)."""
+    from kdbench.data.registry import dataset_builders
+    from kdbench.models.students import available_students
+
+    for student in students:
+        if student not in available_students():
+            raise ConfigError(f"unknown student {student!r}; choose one of: {', '.join(available_students())}")
+    for name in datasets:
+        if name not in dataset_builders():
+            raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(dataset_builders()))}")
+
+
 def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
                  hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
                  test_dataset: Optional[str] = None, data: Optional[dict[str, Any]] = None,
                  test_data: Optional[dict[str, Any]] = None) -> Any:
-    from kdbench.data.registry import dataset_builders
-    from kdbench.models.students import available_students
-
-    if student not in available_students():
-        raise ConfigError(f"unknown student {student!r}; choose one of: {', '.join(available_students())}")
-    for name in filter(None, (dataset, test_dataset)):
-        if name not in dataset_builders():
-            raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(dataset_builders()))}")
+    check_names([student], [d for d in (dataset, test_dataset) if d])
     file_cfg = load_config_file(config) if config else None
     teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
     train = {"epochs": epochs} if epochs else {}
@@ -203,8 +209,7 @@ def grid(
     from kdbench.runtime import make_runtime
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
-    for name in split(students) or []:
-        build_config("vanilla", None, name, "synthetic", profile, 0, [], None, None, None)  # validates the name
+    check_names(split(students) or [], split(datasets) or [])
     cells = expand(spec, profile=profile, students=split(students), methods=split(methods), datasets=split(datasets),
                    seeds=parse_seeds(seeds), config=load_config_file(config) if config else None,
                    teacher={"weights": str(teacher_weights)} if teacher_weights else None,

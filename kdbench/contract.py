@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench.distiller import Distiller, StepInfo
+from kdbench.distiller import Distiller, StepInfo, reduce_taps
 from kdbench.models.students import STUDENTS, build_student
 from kdbench.models.taps import TappedModel, probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
@@ -47,8 +47,7 @@ class Bench:
     def teacher_taps(self, d: Distiller) -> dict[str, Tensor]:
         with torch.no_grad():
             _, taps = self.teacher(self.x)
-        red = d.teacher_reductions()
-        return {k: red[k](taps[k]) if k in red else taps[k] for k in d.teacher_taps()}
+        return reduce_taps(taps, d.teacher_taps(), d.teacher_reductions())
 
     def terms(self, d: Distiller) -> tuple[dict[str, Tensor], Tensor]:
         logits, taps = self.student(self.x)

@@ -151,6 +151,13 @@ def coerce(value: Any, default: Any, key: str = "") -> Any:
     return value
 
 
+def reduce_taps(all_taps: Mapping[str, Tensor], names: Iterable[str],
+                reductions: Mapping[str, Reduction]) -> dict[str, Tensor]:
+    """The named teacher taps, each through its declared reduction (if any): what
+    ``forward`` receives, whether the taps come from the cache or an online teacher."""
+    return {t: reductions[t](all_taps[t]) if t in reductions else all_taps[t] for t in names}
+
+
 def branch_taps(branches: Iterable[str], taps: Iterable[str]) -> list[str]:
     """``["rgb.stage2", "fre.stage2"]`` from branches and tap names."""
     return [f"{b}.{t}" for b in branches for t in taps]

@@ -12,9 +12,9 @@ import torch
 
 from kdbench import __version__
 from kdbench.config import RunConfig
-from kdbench.data.frames import FrameSet, FrameSplits, normalize
+from kdbench.data.frames import FrameSet, FrameSplits
 from kdbench.data.registry import DatasetCache
-from kdbench.distiller import Distiller
+from kdbench.distiller import Distiller, reduce_taps
 from kdbench.io import atomic_save
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
@@ -22,7 +22,7 @@ from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
 from kdbench.runtime import Runtime, main_first, prepare_module
 from kdbench.teacher_cache import Teacher, build_teacher, ensure_teacher
-from kdbench.trainer import fit
+from kdbench.trainer import fit, to_input
 
 Log = Callable[[str], None]
 
@@ -75,22 +75,29 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
     taps, reductions = distiller.teacher_taps(), distiller.teacher_reductions()
     if not taps:
         return (lambda idx: {}), "none"
-    with torch.no_grad():
-        _, probe = teacher.model(normalize(frames.images[:1].to(rt.device)))
-    per_sample = sum((reductions[t](probe[t]) if t in reductions else probe[t]).numel() * 4 for t in taps)
-    if rt.device.type == "cpu" or per_sample * len(frames) <= rt.free_bytes():
+    need = 0
+    if rt.device.type != "cpu":  # host memory always holds the cache; on a GPU, measure one sample
+        with torch.no_grad():
+            _, probe = teacher.model(to_input(frames.images[:1], rt))
+        need = sum(v.numel() * 4 for v in reduce_taps(probe, taps, reductions).values()) * len(frames)
+    if need <= rt.free_bytes():
         with main_first(rt):
             feats = teacher.features("train", frames, taps, reductions, rt.device, log)
         feats = {k: v.to(rt.device) for k, v in feats.items()}
-        return (lambda idx: {k: v[idx.to(rt.device)] for k, v in feats.items()}), "cache"
+
+        def cached(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            idx = idx.to(rt.device)
+            return {k: v[idx] for k, v in feats.items()}
+
+        return cached, "cache"
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
     def online(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type == "cuda"):
-            _, all_taps = teacher.model(normalize(frames.images[idx.to(frames.images.device)].to(rt.device)))
-        return {t: (reductions[t](all_taps[t]) if t in reductions else all_taps[t]).float().clone() for t in taps}
+            _, all_taps = teacher.model(to_input(frames.images[idx.to(frames.images.device)], rt))
+        return {t: v.float().clone() for t, v in reduce_taps(all_taps, taps, reductions).items()}
 
-    log(f"teacher features ({per_sample * len(frames) / 2**30:.1f} GiB) exceed the memory budget: online teacher")
+    log(f"teacher features ({need / 2**30:.1f} GiB) exceed the memory budget: online teacher")
     return online, "online"
 
 

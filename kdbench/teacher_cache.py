@@ -21,6 +21,7 @@ from kdbench.config import RunConfig, TrainConfig, digest, file_sha256
 from kdbench.runtime import Runtime, main_first, prepare_module
 from kdbench.io import atomic_save, safe_load
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
+from kdbench.distiller import reduce_taps
 from kdbench.models.teacher import DualBranchTeacher
 
 TEACHER_FORMAT = 1
@@ -59,10 +60,7 @@ class Teacher:
         out: dict[str, list[Tensor]] = {t: [] for t in taps}
         for start in range(0, len(frames), batch_size):
             _, all_taps = self.model(normalize(frames.images[start:start + batch_size].to(device)))
-            for t in taps:
-                value = all_taps[t]
-                if t in reductions:
-                    value = reductions[t](value)
+            for t, value in reduce_taps(all_taps, taps, reductions).items():
                 out[t].append(value.float().cpu())
         return {t: torch.cat(v) for t, v in out.items()}
 

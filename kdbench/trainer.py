@@ -68,7 +68,7 @@ def predict(model: nn.Module, frames: FrameSet, batch_size: int, rt: Runtime) ->
     model.eval()
     probs = []
     for start in range(0, len(frames), batch_size):
-        x = _batch(frames.images[start:start + batch_size], rt)
+        x = to_input(frames.images[start:start + batch_size], rt)
         with rt.autocast():
             logits, _ = model(x)
         probs.append(logits.float().softmax(1)[:, 1].cpu())
@@ -80,7 +80,7 @@ def evaluate(model: nn.Module, frames: FrameSet, batch_size: int, rt: Runtime) -
     return forgery_metrics(frames.labels.numpy(), predict(model, frames, batch_size, rt).numpy(), frames.videos)
 
 
-def _batch(images: Tensor, rt: Runtime) -> Tensor:
+def to_input(images: Tensor, rt: Runtime) -> Tensor:
     """uint8 frames (resident on the device or pinned on the host) -> a normalised input batch."""
     x = normalize(images.to(rt.device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
@@ -181,7 +181,7 @@ def fit(
                 idx = rank_slice(perm[i * bs:(i + 1) * bs], rt)
                 step = epoch * steps_per_epoch + i
                 log = cfg.log_every > 0 and step % cfg.log_every == 0
-                x = _batch(train.images[idx.to(train.images.device)], rt)
+                x = to_input(train.images[idx.to(train.images.device)], rt)
                 y = train.labels[idx].to(rt.device)
                 info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log)
