@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks of kdbench in one script (NVIDIA H100/H200, single GPU, < 8 minutes):
+#   tests/test_gpu.py  the GPU path against the CPU path (same numbers within tolerance, placement
+#                tiers, pinned/streamed feeder, deferred NaN check); its result goes in the JSON dir
 #   speed.py     (a) distiller step / vanilla step, (b) cached vs online teacher, (c) host-fed vs
 #                resident frames, (d) compiled vs eager, (e) peak memory -- at 299 px, batch 64
 #   rotation_cost.py  TOKD's leader update alone per option (riemannian, expm, cayley), d = 256..2048
 # JSON goes to $OUT (or ./gpu-check-out). `--tiny` runs the same scripts on CPU at a tiny size (tests).
 #
 # The GPU image has torch, timm, pluggy, rich, typer, tabulate and scikit-learn but no network: carry
-# anything else as wheels in .whl/ (torchdistill, pyyaml, scipy, matplotlib if missing), e.g. here:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux2014_x86_64 -d .whl torchdistill==1.1.5
+# anything else as wheels in .whl/: `benchmarks/gpu_wheels.sh` fetches them (torchdistill), and the
+# device call carries them (carry: [".whl"]). Rehearsed on CPU in a venv holding only the image's
+# packages: the install lines below, speed.py and a smoke run all worked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}
@@ -17,18 +19,16 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = "--tiny" ]; then
   SPEED=(--quick); ROT=(--quick)
 else
-  if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/kdbench-site .whl/*.whl
-    export PYTHONPATH=/tmp/kdbench-site:${PYTHONPATH:-}
-  fi
-  # kdbench itself, without its pins (the image's torch is used as is); entry points register the plugins
-  $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+  source benchmarks/gpu_env.sh
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
   SPEED=(--device cuda --size 299 --batch 64 --steps 20)
   ROT=(--device cuda --sizes 256 1024 2048 --repeat 10)
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)
+if [ "${1:-}" != "--tiny" ]; then  # a failing check is reported, and the figures are still taken
+  $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || true
+fi
 $PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.txt"
 $PY benchmarks/rotation_cost.py "${ROT[@]}" --json "$OUT/rotation_cost.json" 2>&1 | tee "$OUT/rotation_cost.txt"
 echo "gpu_check: done in $(( $(date +%s) - start )) s; JSON in $OUT"

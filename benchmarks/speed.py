@@ -4,8 +4,10 @@
     cost of the RGB-vs-frequency gradient-cosine diagnostic on a step that logs it;
 (b) the cached-teacher step against an online-teacher step (the way
     torchdistill and RepDistiller run), per student;
-(c) the step fed from host memory (gather + pinned copy) against the step on
-    GPU-resident frames;
+(c) end to end: steps fed from frames (and then also the cached teacher
+    features) in pinned host memory through the trainer's prefetching feeder
+    (``kdbench.data.feeder``) against steps on GPU-resident tensors, both timed
+    over a whole loop;
 (d) the compiled vanilla step against the eager one;
 (e) peak GPU memory of each configuration.
 Random data; the timings are medians over ``--steps`` steps after warm-up.
@@ -25,15 +27,21 @@ from typing import Any, Callable
 
 import torch
 
+from kdbench.data.feeder import feed
 from kdbench.distiller import StepInfo, reduce_taps
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
-from kdbench.runtime import Runtime, prepare_module
-from kdbench.trainer import to_input, train_step
+from kdbench.runtime import Runtime, make_runtime, prepare_module
+from kdbench.trainer import LossWatch, make_optimizer, to_input, train_step
 
 METHODS = ("at", "pkt", "sp", "fitnet", "vid", "tokd")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int = 2) -> float:
@@ -42,12 +50,10 @@ def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int =
         fn()
     times = []
     for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -72,33 +78,55 @@ class Case:
         self.rt, self.teacher = rt, teacher
         self.forward = torch.compile(self.model) if compile else self.model
         self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
-        self.opt = torch.optim.Adam(self.params, lr=1e-4)
+        self.opt = make_optimizer(self.params, rt, lr=1e-4)
+        self.watch = LossWatch(every=1 if rt.device.type == "cpu" else 20)  # as the trainer checks
         n = args.batch
-        self.frames_dev = torch.randint(0, 256, (n, 3, args.size, args.size), dtype=torch.uint8, device=rt.device)
-        self.frames_host = self.frames_dev.cpu().repeat(4, 1, 1, 1)
+        self.pool_dev = torch.randint(0, 256, (4 * n, 3, args.size, args.size), dtype=torch.uint8, device=rt.device)
+        self.frames_dev = self.pool_dev[:n]
         self.y = torch.randint(0, 2, (n,), device=rt.device)
-        self.feats = self.teacher_feats(self.x(self.frames_dev)) if self.distiller else {}
+        self.pool_feats = self.teacher_feats(self.pool_dev) if self.distiller else {}
+        self.feats = {k: v[:n] for k, v in self.pool_feats.items()}
         self.info = StepInfo(step=1, epoch=0, epochs=15, steps_per_epoch=100, student_lr=1e-4, base_lr=1e-4)
 
     def x(self, frames: torch.Tensor) -> torch.Tensor:
         return to_input(frames, self.rt)
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
-    def teacher_feats(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.rt.autocast():
-            _, taps = self.teacher(x)
-        d = self.distiller
-        return {t: v.float().clone() for t, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
+    def teacher_feats(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        d, n, out = self.distiller, len(self.y), {}
+        for start in range(0, len(frames), n):
+            with self.rt.autocast():
+                _, taps = self.teacher(self.x(frames[start:start + n]))
+            for t, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items():
+                out.setdefault(t, []).append(v.float())
+        return {t: torch.cat(v) for t, v in out.items()}
 
-    def step(self, online: bool = False, from_host: bool = False, diagnose: bool = False) -> None:
-        if from_host:
-            idx = torch.randperm(len(self.frames_host))[: len(self.y)]
-            x = self.x(self.frames_host[idx].pin_memory() if self.rt.device.type == "cuda" else self.frames_host[idx])
-        else:
-            x = self.x(self.frames_dev)
-        feats = self.teacher_feats(x) if online and self.distiller else self.feats
+    def step(self, online: bool = False, diagnose: bool = False, batch: dict[str, torch.Tensor] | None = None) -> None:
+        batch = dict(batch or {})
+        x = self.x(batch.pop("frames", self.frames_dev))
+        feats = self.teacher_feats(x) if online and self.distiller else (batch or self.feats)
         info = replace(self.info, log=diagnose)  # log=True: the RGB-vs-frequency gradient cosine this step
-        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, info)
+        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, info, self.watch)
+
+    def loop(self, steps: int, host_frames: bool = False, host_feats: bool = False) -> float:
+        """Seconds per step over a loop of ``steps`` trainer-fed steps: frames and cached features
+        from the device, or pinned in host memory through the prefetching feeder."""
+        def place(t: torch.Tensor, host: bool) -> torch.Tensor:
+            return (t.cpu().pin_memory() if self.rt.device.type == "cuda" else t.cpu()) if host else t
+
+        sources = {"frames": place(self.pool_dev, host_frames),
+                   **{k: place(v, host_feats) for k, v in self.pool_feats.items()}}
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.randperm(len(self.pool_dev), generator=gen)[: len(self.y)] for _ in range(steps + 2)]
+        stream = feed(sources, batches, self.rt.device)
+        for _ in range(2):  # warm-up
+            self.step(batch=next(stream))
+        sync(self.rt.device)
+        t0 = time.perf_counter()
+        for batch in stream:
+            self.step(batch=batch)
+        sync(self.rt.device)
+        return (time.perf_counter() - t0) / steps
 
 
 def measure(args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, student: str, method: str = "vanilla",
@@ -129,11 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.device, args.size, args.batch, args.steps, args.students = "cpu", 48, 8, 1, "res18t"
         args.teacher_backbone, args.rotation_dim, args.sections = "res10t", 256, "a,b,c"
-    dev = torch.device(args.device)
-    cuda = dev.type == "cuda"
-    rt = Runtime(device=dev, precision="bf16" if cuda else "fp32", channels_last=cuda)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    rt = make_runtime(args.device)  # as `kdbench run`: bf16, channels_last, cuDNN benchmark and TF32 on a GPU
+    dev, cuda = rt.device, rt.device.type == "cuda"
     teacher = prepare_module(DualBranchTeacher(args.teacher_backbone, args.size), rt).eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
@@ -147,7 +172,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res.setdefault("vanilla", []).append(base)
         if "a" in sections:
             for m in args.methods.split(","):
-                r = measure(args, rt, teacher, s, m, "both")
+                try:
+                    r = measure(args, rt, teacher, s, m, "both")
+                except Exception as exc:  # noqa: BLE001 - one broken method must not cost the other figures
+                    print(f"speed: {s}/{m} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    res.setdefault("a_distillers", []).append({"student": s, "method": m, "error": repr(exc)})
+                    continue
                 r["ratio_to_vanilla"] = r["img_per_s"] / base["img_per_s"]
                 res.setdefault("a_distillers", []).append(r)
             plain = next(r for r in res["a_distillers"] if r["student"] == s and r["method"] == "fitnet") \
@@ -164,10 +194,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 {"student": s, "cached_img_per_s": cached["img_per_s"], "online_img_per_s": online["img_per_s"],
                  "speedup": cached["img_per_s"] / online["img_per_s"], "peak_mib_online": online["peak_mib"]})
         if "c" in sections:
-            host = measure(args, rt, teacher, s, from_host=True)
+            case = Case(args, rt, teacher, s, "fitnet", "both")
+            resident, host = case.loop(args.steps), case.loop(args.steps, host_frames=True)
+            host_feats = case.loop(args.steps, host_frames=True, host_feats=True)
             res.setdefault("c_host_vs_resident", []).append(
-                {"student": s, "host_img_per_s": host["img_per_s"], "resident_img_per_s": base["img_per_s"],
-                 "ratio": host["img_per_s"] / base["img_per_s"]})
+                {"student": s, "method": "fitnet", "resident_img_per_s": args.batch / resident,
+                 "host_frames_img_per_s": args.batch / host, "ratio": resident / host,
+                 "host_frames_and_cache_img_per_s": args.batch / host_feats, "ratio_cache_too": resident / host_feats,
+                 "note": "loops of --steps steps; host tensors pinned, gathered 2 batches ahead"})
         if "d" in sections:
             comp = measure(args, rt, teacher, s, compile=True)
             res.setdefault("d_compiled_vs_eager", []).append(

@@ -51,8 +51,11 @@ def skew_of(A: Tensor) -> Tensor:
 
 
 def expm_each(S: Tensor) -> Tensor:
-    """matrix_exp of each (d, d) matrix of a (K, d, d) stack: the batched CPU kernel picks one
-    (the costliest) degree for all and runs ~4x slower than K single calls at d = 1024."""
+    """matrix_exp of each (d, d) matrix of a (K, d, d) stack. On CPU one call per matrix: the
+    batched CPU kernel picks one (the costliest) degree for all and runs ~4x slower at d = 1024.
+    On a GPU one batched call (it reads the norms to the host once, not once per matrix)."""
+    if S.is_cuda:
+        return torch.linalg.matrix_exp(S)
     return torch.stack([torch.linalg.matrix_exp(x) for x in S.unbind(0)])
 
 
@@ -248,21 +251,12 @@ class Rotation(nn.Module):
                     target: str = "mean", loss: str = "cos") -> LeaderResult:
         """One leader update (Eq. 13-16) from captured gradients; see ``leader_gradient``.
 
-        Non-finite gradients skip the update (R and the optimiser state unchanged). Under
-        torch.distributed the Euclidean gradient is averaged across ranks first (a non-finite
-        rank poisons the average, so every rank skips together): all ranks keep the same R."""
-        distributed = dist.is_available() and dist.is_initialized()
-        finite = all(bool(torch.isfinite(x).all()) for x in grads)
-        if not finite and not distributed:
-            self.skipped_steps += 1
-            with torch.no_grad():
-                Rs = (self.matrices() if matrices is None else matrices).detach()
-                v = [self.rotate_back(x.detach().float().flatten(1), Rs[k]) for k, x in enumerate(grads)]
-            return LeaderResult(v, None, None, True)
+        Non-finite gradients skip the update (R and the optimiser state unchanged): a NaN or
+        inf in a captured gradient makes L_R and so G non-finite, and G is read once (the
+        step's only host sync). Under torch.distributed G is averaged across ranks first (a
+        non-finite rank poisons the average, so every rank skips together): all ranks keep the same R."""
         G, result = self.leader_gradient(grads, matrices, target, loss)
-        if not finite:
-            G = torch.full_like(G, float("nan"))
-        if distributed:  # identical R on every rank: average the leader gradient
+        if dist.is_available() and dist.is_initialized():  # identical R on every rank: average G
             dist.all_reduce(G)
             G /= dist.get_world_size()
         if not bool(torch.isfinite(G).all()):

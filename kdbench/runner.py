@@ -6,7 +6,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -69,36 +69,55 @@ def place_frames(splits: FrameSplits, rt: Runtime) -> str:
     return "pinned host"
 
 
-def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt: Runtime,
-                   log: Log) -> tuple[Callable[[torch.Tensor], dict[str, torch.Tensor]], str]:
-    """Cached features on the device if they fit the budget; otherwise an online bf16 teacher."""
+def plan_taps(sizes: Mapping[str, int], device_budget: int, host_budget: int) -> dict[str, str]:
+    """Each teacher tap's source, smallest cache first: ``device`` while it fits the device
+    budget, then ``host`` (pinned) while it fits the host budget, else ``online``."""
+    plan, left = {}, {"device": device_budget, "host": host_budget}
+    for tap in sorted(sizes, key=lambda t: (sizes[t], t)):
+        tier = next((k for k in ("device", "host") if sizes[tap] <= left[k]), "online")
+        plan[tap] = tier
+        if tier != "online":
+            left[tier] -= sizes[tap]
+    return plan
+
+
+def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt: Runtime, log: Log) -> tuple[
+        dict[str, torch.Tensor], Callable[[torch.Tensor], dict[str, torch.Tensor]] | None, str]:
+    """Where each of the distiller's teacher taps comes from (``plan_taps``): the cache on the
+    device, the cache pinned in host memory (batched by the prefetching feeder), or an online
+    bf16 teacher for the taps that fit neither. Returns (cached features, the online teacher
+    or None, a label for the run record)."""
     taps, reductions = distiller.teacher_taps(), distiller.teacher_reductions()
     if not taps:
-        return (lambda idx: {}), "none"
-    need = 0
-    if rt.device.type != "cpu":  # host memory always holds the cache; on a GPU, measure one sample
-        with torch.no_grad():
-            _, probe = teacher.model(to_input(frames.images[:1], rt))
-        need = sum(v.numel() * 4 for v in reduce_taps(probe, taps, reductions).values()) * len(frames)
-    if need <= rt.free_bytes():
+        return {}, None, "none"
+    with torch.no_grad():  # size each tap's cache from one sample
+        _, probe = teacher.model(to_input(frames.images[:1], rt))
+    sizes = {t: v.numel() * 4 * len(frames) for t, v in reduce_taps(probe, taps, reductions).items()}
+    cpu = rt.device.type == "cpu"  # one memory: no separate host tier
+    plan = plan_taps(sizes, rt.free_bytes(), 0 if cpu else rt.host_free_bytes())
+    cached = [t for t in taps if plan[t] != "online"]
+    feats: dict[str, torch.Tensor] = {}
+    if cached:
         with main_first(rt):
-            feats = teacher.features("train", frames, taps, reductions, rt.device, log)
-        feats = {k: v.to(rt.device) for k, v in feats.items()}
-
-        def cached(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            idx = idx.to(rt.device)
-            return {k: v[idx] for k, v in feats.items()}
-
-        return cached, "cache"
+            feats = teacher.features("train", frames, cached, reductions, rt.device, log)
+        if not cpu:
+            feats = {t: v.to(rt.device) if plan[t] == "device" else v.pin_memory() for t, v in feats.items()}
+    names = {"device": "host cache" if cpu else "device cache", "host": "pinned host cache", "online": "online"}
+    tiers = {names[plan[t]] for t in taps}
+    label = tiers.pop() if len(tiers) == 1 else "mixed: " + ", ".join(f"{t}={names[plan[t]]}" for t in taps)
+    live = [t for t in taps if plan[t] == "online"]
+    if not live:
+        return feats, None, label
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
-    def online(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type == "cuda"):
-            _, all_taps = teacher.model(to_input(frames.images[idx.to(frames.images.device)], rt))
-        return {t: v.float().clone() for t, v in reduce_taps(all_taps, taps, reductions).items()}
+    def online(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=not cpu):
+            _, all_taps = teacher.model(x)
+        return {t: v.float().clone() for t, v in reduce_taps(all_taps, live, reductions).items()}
 
-    log(f"teacher features ({need / 2**30:.1f} GiB) exceed the memory budget: online teacher")
-    return online, "online"
+    gib = sum(sizes[t] for t in live) / 2**30
+    log(f"teacher taps {', '.join(live)} ({gib:.1f} GiB cached) exceed the memory budget: computed online")
+    return feats, online, label
 
 
 def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",
@@ -134,11 +153,11 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         rec.teacher = teacher.hash
         if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
             splits["test"] = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"]
-        teacher_features, source = teacher_source(teacher, distiller, splits["train"], rt, log)
+        features, online_teacher, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
-                     distiller=distiller, teacher_features=teacher_features, rt=rt,
+                     distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
                      progress=progress,
                      on_epoch=lambda row: emit("epoch_end", rec.config, row))

@@ -47,6 +47,10 @@ class Runtime:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return int(free * self.memory_budget)
+        return self.host_free_bytes()
+
+    def host_free_bytes(self) -> int:
+        """Host memory we allow ourselves (pinned feature caches, frames that miss the GPU)."""
         pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return int(pages * self.memory_budget)
 

@@ -163,7 +163,6 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
 
     key_hash = digest(teacher_key(cfg))
     root = workdir / "teachers" / key_hash
-    device = rt.device
     single = replace(rt, rank=0, world=1)
     with main_first(rt), _locked(root):
         try:
@@ -195,7 +194,7 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
                         "sha256": file_sha256(root / "teacher.pt"), "metrics": metrics}
             (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
             log(f"teacher: trained {key_hash} (val acc {res.val['acc']:.2f}, test acc {res.test['acc']:.2f})")
-    model = model.to(device).eval()
+    model = prepare_module(model, single).eval()  # channels_last on a GPU; never SyncBN (inference only)
     for p in model.parameters():
         p.requires_grad_(False)
     return Teacher(model=model, hash=key_hash, root=root, metrics=metrics, cached=cached)

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from kdbench.config import TrainConfig
+from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
 from kdbench.io import atomic_save, safe_load
@@ -80,6 +81,42 @@ def evaluate(model: nn.Module, frames: FrameSet, batch_size: int, rt: Runtime) -
     return forgery_metrics(frames.labels.numpy(), predict(model, frames, batch_size, rt).numpy(), frames.videos)
 
 
+class LossWatch:
+    """Stops training on a non-finite loss, naming the step and the term.
+
+    ``every=1`` (the CPU default) checks each step before its backward. On a GPU
+    that read is a host sync per step, so the trainer keeps the detached terms of
+    ``every`` steps and checks them in one read (at log steps and epoch ends):
+    a NaN then stops the run a few steps later, before any checkpoint is written."""
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = max(1, every)
+        self.pending: list[tuple[StepInfo, dict[str, Tensor], Tensor]] = []
+
+    def add(self, info: StepInfo, terms: Mapping[str, Tensor], loss: Tensor) -> None:
+        self.pending.append((info, {k: v.detach() for k, v in terms.items()}, loss.detach()))
+        if len(self.pending) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        finite = torch.stack([loss.float() for _, _, loss in pending]).isfinite()
+        if bool(finite.all()):
+            return
+        info, terms, loss = pending[int((~finite).nonzero()[0])]
+        bad = check_finite(terms) or "total"
+        raise TrainingError(f"non-finite loss at epoch {info.epoch} step {info.step}: term {bad!r} = "
+                            f"{float(terms.get(bad, loss))}")
+
+
+def make_optimizer(params: list[nn.Parameter], rt: Runtime, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam(0.9, 0.999); the fused CUDA kernel on a GPU (one launch instead of one per tensor group)."""
+    fused = rt.device.type == "cuda" or None
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, fused=fused)
+
+
 def to_input(images: Tensor, rt: Runtime) -> Tensor:
     """uint8 frames (resident on the device or pinned on the host) -> a normalised input batch."""
     x = normalize(images.to(rt.device, non_blocking=True))
@@ -88,9 +125,11 @@ def to_input(images: Tensor, rt: Runtime) -> Tensor:
 
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
-               feats: Mapping[str, Tensor], info: StepInfo) -> tuple[dict[str, Tensor], dict[str, float]]:
+               feats: Mapping[str, Tensor], info: StepInfo,
+               watch: LossWatch | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
     """One optimisation step: CE + the distiller's terms under autocast, one backward,
-    gradient averaging across processes, the distiller's leader step, the optimizer step."""
+    gradient averaging across processes, the distiller's leader step, the optimizer step.
+    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward)."""
     diag: dict[str, float] = {}
     with rt.autocast():
         logits, taps = forward(x)
@@ -105,10 +144,7 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
         if cos is not None:
             diag["grad_cos"] = cos
     loss = sum(terms.values())
-    if not bool(torch.isfinite(loss.detach())):  # one host sync per step; the culprit is looked up only then
-        bad = check_finite(terms) or "total"
-        raise TrainingError(f"non-finite loss at epoch {info.epoch} step {info.step}: term {bad!r} = "
-                            f"{float(terms.get(bad, loss))}")
+    (watch or LossWatch()).add(info, terms, loss)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(params, rt)
@@ -126,7 +162,8 @@ def fit(
     cfg: TrainConfig,
     seed: int,
     distiller: Distiller | None = None,
-    teacher_features: Callable[[Tensor], dict[str, Tensor]] | None = None,
+    features: Mapping[str, Tensor] | None = None,
+    online_teacher: Callable[[Tensor], dict[str, Tensor]] | None = None,
     rt: Runtime = Runtime(),
     checkpoint: Path | None = None,
     identity: str = "",
@@ -136,14 +173,15 @@ def fit(
 ) -> FitResult:
     """Train ``model`` (a ``(logits, taps)`` module) and return test metrics at the best-val epoch.
 
-    ``teacher_features(indices)`` returns the teacher taps the distiller consumes
-    for those training samples (cached tensors, already reduced).
+    The distiller's teacher taps come from ``features`` (cached and reduced, one row per
+    training sample, on the device or in host memory: they are batched with the frames)
+    and, for taps not cached, from ``online_teacher(x)`` on the batch the student sees.
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
     the same ``identity`` the run resumes from it.
     """
     extra = distiller.student_parameters() if distiller is not None else []
     params = [*model.parameters(), *extra]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     gen = torch.Generator().manual_seed(seed)
     history: dict[str, Any] = {"epochs": [], "diagnostics": []}
@@ -168,6 +206,8 @@ def fit(
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     forward = torch.compile(model) if rt.compile else model
+    sources = {"frames": train.images, **(features or {})}
+    watch = LossWatch(every=1 if rt.device.type == "cpu" else cfg.log_every if cfg.log_every > 0 else 50)
     with Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
         task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
         for epoch in range(start_epoch, cfg.epochs):
@@ -175,18 +215,19 @@ def fit(
             if distiller is not None:
                 distiller.train()
             perm = torch.randperm(n, generator=gen)
+            batches = [rank_slice(perm[i * bs:(i + 1) * bs], rt) for i in range(steps_per_epoch)]
             sums: dict[str, float] = {}
             seen, t0 = 0, time.perf_counter()
-            for i in range(steps_per_epoch):
-                idx = rank_slice(perm[i * bs:(i + 1) * bs], rt)
+            stream = feed(sources, batches, rt.device, depth=0 if rt.device.type == "cpu" else 2)
+            for i, (idx, batch) in enumerate(zip(batches, stream)):
                 step = epoch * steps_per_epoch + i
                 log = cfg.log_every > 0 and step % cfg.log_every == 0
-                x = to_input(train.images[idx.to(train.images.device)], rt)
-                y = train.labels[idx].to(rt.device)
+                x = to_input(batch.pop("frames"), rt)
+                y = train.labels[idx].to(rt.device, non_blocking=True)  # non_blocking: no host sync
                 info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log)
-                feats = teacher_features(idx) if distiller is not None and teacher_features is not None else {}
-                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info)
+                feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
+                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch)
                 for k, v in terms.items():  # summed on the device: no host sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
                 seen += len(idx)
@@ -198,6 +239,7 @@ def fit(
                     loss = float(sum(v.detach() for v in terms.values()))
                     stats = f"ep {epoch + 1}/{cfg.epochs} loss {loss:.4f} {rate:.0f} img/s"
                 bar.update(task, advance=1, **({"stats": stats} if stats else {}))
+            watch.check()  # before validation and the checkpoint: a NaN run never saves its state
             sched.step()
             average_buffers(model, rt)
             val_metrics = evaluate(model, val, cfg.eval_batch_size, rt)

@@ -108,3 +108,33 @@ def test_dataset_cache_loads_once_and_isolates_runs():
     a["train"].images = a["train"].images[:1]  # ... or re-places frames
     c = cache.load(cfg.dataset, cfg.train.image_size, cfg.data)
     assert c["test"].images is b["test"].images and len(c["train"]) == len(b["train"])  # ... without touching others
+
+
+def test_plan_taps_fills_device_then_host_smallest_first():
+    from kdbench.runner import plan_taps
+
+    sizes = {"s1": 400, "s2": 100, "s3": 30, "s4": 10}
+    assert plan_taps(sizes, 10**6, 10**6) == dict.fromkeys(sizes, "device")
+    assert plan_taps(sizes, 45, 150) == {"s4": "device", "s3": "device", "s2": "host", "s1": "online"}
+    assert plan_taps(sizes, 0, 0) == dict.fromkeys(sizes, "online")
+
+
+def test_taps_over_the_budget_come_from_an_online_teacher(tmp_path, monkeypatch):
+    """VID's four teacher maps per branch: with a budget that holds only the small ones, the big
+    ones are computed online (the record says which) and training sees the same features."""
+    from kdbench.runtime import Runtime
+
+    cfg = smoke("vid", mode="both")
+    ws = Workspace(tmp_path)
+    quiet = dict(log=lambda m: None, progress=False)
+    cached = run(cfg, ws, ResultsStore(ws.store_path), RT, **quiet)
+    assert cached.history["runtime"]["teacher_features"] == "host cache"
+    monkeypatch.setattr(Runtime, "free_bytes", lambda self: 5_000_000)  # smoke: stage3/4 maps fit (4.5 MB), stage1/2 not
+    mixed = run(cfg, ws, ResultsStore(ws.store_path), RT, **quiet)
+    label = mixed.history["runtime"]["teacher_features"]
+    assert label.startswith("mixed: ") and "rgb.stage1=online" in label and "fre.stage4=host cache" in label
+    for a, b in zip(cached.history["epochs"], mixed.history["epochs"]):
+        assert abs(a["loss_kd_fre"] - b["loss_kd_fre"]) <= 1e-4 * abs(a["loss_kd_fre"])
+    monkeypatch.setattr(Runtime, "free_bytes", lambda self: 0)
+    online = run(cfg, ws, ResultsStore(ws.store_path), RT, **quiet)
+    assert online.history["runtime"]["teacher_features"] == "online"

@@ -495,7 +495,7 @@ def test_with_the_trainer_logs_fig4_and_resumes_the_leader_exactly(tmp_path):
         d = create_distiller("tokd", "both", probe_shapes(student, 48), t_shapes, **hp)
         cfg = TrainConfig(image_size=48, epochs=epochs, batch_size=8, eval_batch_size=16, log_every=1)
         res = fit(student, train, val, test, cfg, seed=0, distiller=d,
-                  teacher_features=lambda idx: {k: v[idx] for k, v in feats.items()},
+                  features=feats,
                   checkpoint=checkpoint, identity="tokd-test", progress=False)
         return d, res
 

@@ -1,0 +1,150 @@
+"""The GPU path against the CPU path (skipped without CUDA; `benchmarks/gpu_check.sh` runs it
+first on the GPU machine): same numbers within tolerance, the pinned/streamed feeder, the
+placement tiers of frames and teacher features, the deferred NaN check."""
+
+import pytest
+import torch
+
+from kdbench.config import resolve
+from kdbench.data.feeder import feed
+from kdbench.distiller import StepInfo, reduce_taps
+from kdbench.models.students import build_student
+from kdbench.models.taps import probe_shapes
+from kdbench.models.teacher import DualBranchTeacher
+from kdbench.plugins import create_distiller
+from kdbench.rotation import expm_each
+from kdbench.runner import Workspace, run
+from kdbench.runtime import Runtime, prepare_module
+from kdbench.store import ResultsStore
+from kdbench.trainer import LossWatch, TrainingError, make_optimizer, to_input, train_step
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CPU = Runtime()
+SIZE = 64
+METHODS = ("vanilla", "at", "pkt", "sp", "fitnet", "vid", "tokd")
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """fp32 comparisons without TF32 (make_runtime turns it on for speed)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def gpu(precision="fp32"):
+    return Runtime(device=torch.device("cuda"), precision=precision, channels_last=True)
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+def test_feed_through_pinned_buffers_and_a_side_stream():
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    feats = torch.randn(300, 64, 4, 4, generator=gen)
+    batches = [torch.randperm(300, generator=gen)[:64] for _ in range(25)]
+    sources = {"frames": frames.pin_memory(), "f": feats.pin_memory(), "resident": feats.cuda()}
+    busy = torch.randn(2048, 2048, device="cuda")
+    for idx, batch in zip(batches, feed(sources, batches, torch.device("cuda"), depth=3)):
+        busy = busy @ busy / 2048  # keep the compute stream busy while copies run on the side stream
+        assert batch["frames"].is_cuda and torch.equal(batch["frames"].cpu(), frames[idx])
+        assert torch.equal(batch["f"].cpu(), feats[idx]) and torch.equal(batch["resident"].cpu(), feats[idx])
+
+
+def test_batched_matrix_exp_on_cuda_matches_one_call_per_matrix():
+    A = torch.randn(2, 512, 512, device="cuda") * 0.01
+    S = A - A.transpose(-2, -1)
+    single = torch.stack([torch.linalg.matrix_exp(s) for s in S.double()])
+    assert rel(expm_each(S), single) < 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_training_step_matches_cpu(method):
+    """Each distiller's first step on the GPU (fp32, channels_last) gives the CPU's loss terms
+    and parameters; in bf16 autocast the terms agree to bf16 precision."""
+    mode = "rgb" if method == "vanilla" else "both"
+    hp = {"rotation_dim": 256} if method == "tokd" else {}
+    frames = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 2
+    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-4, base_lr=1e-4, log=False)
+
+    def step(rt):
+        torch.manual_seed(0)  # the same initial weights on every device
+        t, s = DualBranchTeacher("res10t", SIZE).eval(), build_student("res18t")
+        d = None if method == "vanilla" else create_distiller(
+            method, mode, probe_shapes(s, SIZE), probe_shapes(t, SIZE), **hp)
+        s, t = prepare_module(s, rt), prepare_module(t, rt)
+        d = prepare_module(d, rt) if d is not None else None
+        params = [*s.parameters(), *(d.student_parameters() if d is not None else [])]
+        opt = make_optimizer(params, rt, lr=1e-4)
+        x = to_input(frames, rt)
+        feats = {}
+        if d is not None:
+            with torch.no_grad():
+                _, taps = t(x)
+            feats = {k: v.float() for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
+        terms, _ = train_step(s, d, opt, params, rt, x, y.to(rt.device), feats, info, LossWatch())
+        return {k: v.detach().float().cpu() for k, v in terms.items()}, [p.detach().float().cpu() for p in s.parameters()]
+
+    cpu_terms, cpu_params = step(CPU)
+    gpu_terms, gpu_params = step(gpu())
+    assert cpu_terms.keys() == gpu_terms.keys()
+    for k in cpu_terms:
+        assert rel(gpu_terms[k], cpu_terms[k]) < 1e-3, k
+    assert max(rel(g, c) for g, c in zip(gpu_params, cpu_params)) < 1e-3
+    bf16_terms, _ = step(gpu("bf16"))
+    for k in cpu_terms:
+        assert rel(bf16_terms[k], cpu_terms[k]) < 5e-2, k
+
+
+def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch):
+    """The same FitNet run with frames and teacher features on the GPU, pinned in host memory
+    (prefetched), and with an online teacher: the record says which, the numbers agree."""
+    cfg = resolve(method="fitnet", mode="both", profile="smoke")
+    ws = Workspace(tmp_path)  # one workspace: one teacher, trained once
+    store = ResultsStore(ws.store_path)
+    quiet = dict(progress=False, log=lambda m: None)
+    records = {"device": run(cfg, ws, store, gpu(), **quiet)}
+    monkeypatch.setattr(Runtime, "free_bytes", lambda self: 0)  # nothing fits the GPU: host tier
+    records["host"] = run(cfg, ws, store, gpu(), **quiet)
+    monkeypatch.setattr(Runtime, "host_free_bytes", lambda self: 0)  # nor the host: online teacher
+    records["online"] = run(cfg, ws, store, gpu(), **quiet)
+    placement = {k: (r.history["runtime"]["frames"], r.history["runtime"]["teacher_features"])
+                 for k, r in records.items()}
+    assert placement == {"device": ("device", "device cache"), "host": ("pinned host", "pinned host cache"),
+                         "online": ("pinned host", "online")}
+    loss = {k: r.history["epochs"][0]["loss_ce"] for k, r in records.items()}
+    assert abs(loss["host"] - loss["device"]) < 1e-3 * abs(loss["device"])  # cuDNN atomics only
+    assert abs(loss["online"] - loss["device"]) < 2e-2 * abs(loss["device"])  # online features are bf16
+
+
+def test_nan_loss_stops_a_gpu_run_naming_the_step(tmp_path):
+    """On a GPU the loss is read every log_every steps, not every step; the error still names
+    the first bad step and term, and no checkpoint of the poisoned state is written."""
+    from kdbench.trainer import fit
+    from kdbench.config import TrainConfig
+    from kdbench.data.registry import load_dataset
+
+    cfg = resolve(profile="smoke")
+    splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
+    for f in splits.values():
+        f.images = f.images.cuda()
+    student = prepare_module(build_student("res18t"), gpu())
+    real_forward = student.forward
+    calls = {"n": 0}
+
+    def poisoned(x):
+        logits, taps = real_forward(x)
+        calls["n"] += 1
+        return (logits * float("nan") if calls["n"] == 3 else logits), taps
+
+    student.forward = poisoned
+    tcfg = TrainConfig(image_size=cfg.train.image_size, epochs=1, batch_size=16, eval_batch_size=64, log_every=5)
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 0 step 2: term 'ce'"):
+        fit(student, splits["train"], splits["val"], splits["test"], tcfg, seed=0, rt=gpu(),
+            checkpoint=tmp_path / "state.pt", progress=False)
+    assert not (tmp_path / "state.pt").exists()
