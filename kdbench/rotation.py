@@ -26,9 +26,10 @@ and step counters travel in ``get_extra_state`` so checkpoints resume exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,18 @@ TARGETS = ("mean", "rotograd")
 LOSSES = ("cos", "rotograd_mse")
 INITS = ("identity", "haar")
 EPS = 1e-12
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Full-precision fp32 matrix products (no TF32, which a GPU runtime switches on for speed):
+    a rotation built or updated from TF32 products drifts off SO(d) by ~1e-3 per step."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 def skew_of(A: Tensor) -> Tensor:
@@ -171,7 +184,7 @@ class Rotation(nn.Module):
         """(K, d, d) rotations in float32; for expm/cayley the graph to A is kept (evaluate once per step)."""
         if self.update == "riemannian":
             return self.R
-        with torch.autocast(self.A.device.type, enabled=False):
+        with torch.autocast(self.A.device.type, enabled=False), ieee_fp32():
             S = skew_of(self.A.float())
             if self.update == "expm":
                 Q = expm_each(S)
@@ -267,6 +280,7 @@ class Rotation(nn.Module):
         return result
 
     @torch.no_grad()
+    @ieee_fp32()
     def _update(self, G: Tensor, lr: float) -> None:
         if self.update == "riemannian":
             R = self.R

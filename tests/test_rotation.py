@@ -379,3 +379,23 @@ def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path):
         assert rot.leader_step([bad, gf], 0.1).skipped and torch.equal(rot.R, R)
     finally:
         dist.destroy_process_group()
+
+
+def test_rotation_products_run_in_full_fp32_and_restore_the_setting():
+    from kdbench.rotation import ieee_fp32
+
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        seen = []
+        rot = Rotation((4, 2, 2), 16, update="riemannian")
+        real = rot.opt.direction
+        rot.opt.direction = lambda g: (seen.append(torch.get_float32_matmul_precision()), real(g))[1]
+        gr, gf = conflicting(4, 16)
+        rot.leader_step([gr, gf], 0.1)
+        assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
+        with pytest.raises(ValueError), ieee_fp32():
+            raise ValueError
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(old)
