@@ -116,7 +116,7 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
         return {t: v.float().clone() for t, v in reduce_taps(all_taps, live, reductions).items()}
 
     gib = sum(sizes[t] for t in live) / 2**30
-    log(f"teacher taps {', '.join(live)} ({gib:.1f} GiB cached) exceed the memory budget: computed online")
+    log(f"teacher taps {', '.join(live)} ({gib:.1f} GiB as a cache) exceed the memory budget: computed online")
     return feats, online, label
 
 

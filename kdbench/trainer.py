@@ -85,9 +85,9 @@ class LossWatch:
     """Stops training on a non-finite loss, naming the step and the term.
 
     ``every=1`` (the CPU default) checks each step before its backward. On a GPU
-    that read is a host sync per step, so the trainer keeps the detached terms of
-    ``every`` steps and checks them in one read (at log steps and epoch ends):
-    a NaN then stops the run a few steps later, before any checkpoint is written."""
+    that read is a host sync per step, so the trainer keeps the detached terms and
+    reads them together every ``log_every`` steps and at each epoch end: a NaN then
+    stops the run a few steps later, before the epoch's checkpoint is written."""
 
     def __init__(self, every: int = 1) -> None:
         self.every = max(1, every)
