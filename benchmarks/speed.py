@@ -84,22 +84,18 @@ class Case:
         self.pool_dev = torch.randint(0, 256, (4 * n, 3, args.size, args.size), dtype=torch.uint8, device=rt.device)
         self.frames_dev = self.pool_dev[:n]
         self.y = torch.randint(0, 2, (n,), device=rt.device)
-        self.pool_feats = self.teacher_feats(self.pool_dev) if self.distiller else {}
-        self.feats = {k: v[:n] for k, v in self.pool_feats.items()}
+        self.feats = self.teacher_feats(self.x(self.frames_dev)) if self.distiller else {}
         self.info = StepInfo(step=1, epoch=0, epochs=15, steps_per_epoch=100, student_lr=1e-4, base_lr=1e-4)
 
     def x(self, frames: torch.Tensor) -> torch.Tensor:
         return to_input(frames, self.rt)
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
-    def teacher_feats(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        d, n, out = self.distiller, len(self.y), {}
-        for start in range(0, len(frames), n):
-            with self.rt.autocast():
-                _, taps = self.teacher(self.x(frames[start:start + n]))
-            for t, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items():
-                out.setdefault(t, []).append(v.float())
-        return {t: torch.cat(v) for t, v in out.items()}
+    def teacher_feats(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.rt.autocast():
+            _, taps = self.teacher(x)
+        d = self.distiller
+        return {t: v.float().clone() for t, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
 
     def step(self, online: bool = False, diagnose: bool = False, batch: dict[str, torch.Tensor] | None = None) -> None:
         batch = dict(batch or {})
@@ -114,10 +110,12 @@ class Case:
         def place(t: torch.Tensor, host: bool) -> torch.Tensor:
             return (t.cpu().pin_memory() if self.rt.device.type == "cuda" else t.cpu()) if host else t
 
+        n = len(self.y)
+        chunks = [self.teacher_feats(self.x(c)) for c in self.pool_dev.split(n)] if self.distiller else []
         sources = {"frames": place(self.pool_dev, host_frames),
-                   **{k: place(v, host_feats) for k, v in self.pool_feats.items()}}
+                   **{t: place(torch.cat([c[t] for c in chunks]), host_feats) for t in (chunks[0] if chunks else {})}}
         gen = torch.Generator().manual_seed(0)
-        batches = [torch.randperm(len(self.pool_dev), generator=gen)[: len(self.y)] for _ in range(steps + 2)]
+        batches = [torch.randperm(len(self.pool_dev), generator=gen)[:n] for _ in range(steps + 2)]
         stream = feed(sources, batches, self.rt.device)
         for _ in range(2):  # warm-up
             self.step(batch=next(stream))

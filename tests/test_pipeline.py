@@ -160,7 +160,7 @@ def test_compiled_training_matches_eager(splits):
         params = list(net.parameters())
         terms, _ = trainer.train_step(torch.compile(net) if compiled else net, None,
                                       trainer.make_optimizer(params, RT, 1e-3), params, RT, x, y, {}, info)
-        step[compiled] = float(terms["ce"]), torch.cat([p.grad.flatten() for p in params])
+        step[compiled] = float(terms["ce"].detach()), torch.cat([p.grad.flatten() for p in params])
         torch.manual_seed(0)
         fits[compiled] = trainer.fit(build_student("res18t"), train, splits["val"], splits["test"], cfg, seed=0,
                                      rt=dataclasses.replace(RT, compile=compiled), progress=False)
