@@ -99,6 +99,15 @@ def build_config(method: str, mode: Optional[str], student: str, dataset: str, p
                    data=data, test_data=test_data)
 
 
+def cell_options(config: Optional[Path], teacher_weights: Optional[Path], data: list[str],
+                 data_root: Optional[Path] = None, test_data_root: Optional[Path] = None) -> dict[str, Any]:
+    """The options besides profile, students and datasets that define a grid's cells:
+    `kdbench grid` runs them, `kdbench table`/`figure` look the same cells up."""
+    return {"config": load_config_file(config) if config else None,
+            "teacher": {"weights": str(teacher_weights)} if teacher_weights else None,
+            "data": data_options(data, data_root), "test_data": data_options([], test_data_root)}
+
+
 def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
     """``--data key=value`` (values parsed as YAML scalars/lists) plus ``--data-root DIR``."""
     import yaml
@@ -211,9 +220,7 @@ def grid(
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     check_names(split(students) or [], split(datasets) or [])
     cells = expand(spec, profile=profile, students=split(students), methods=split(methods), datasets=split(datasets),
-                   seeds=parse_seeds(seeds), config=load_config_file(config) if config else None,
-                   teacher={"weights": str(teacher_weights)} if teacher_weights else None,
-                   data=data_options(data, data_root), test_data=data_options([], test_data_root))
+                   seeds=parse_seeds(seeds), **cell_options(config, teacher_weights, data, data_root, test_data_root))
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)

@@ -108,6 +108,10 @@ def split_list(text: Optional[str]) -> Optional[list[str]]:
 
 
 WORKDIR_HELP = "Results store (default ./.kdbench or $KDBENCH_HOME)."
+# A grid's cells are defined by these too: pass what `kdbench grid` ran with to find its runs.
+ConfigOpt = typer.Option(None, "--config", help="The config file the grid ran with.")
+TeacherWeightsOpt = typer.Option(None, "--teacher-weights", help="The teacher weights the grid ran with (matched by content).")
+DataOpt = typer.Option([], "--data", help="A dataset option the grid ran with, key=value (repeatable).")
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -133,17 +137,21 @@ def table_command(
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds to keep (default: all found)."),
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    config: Optional[Path] = ConfigOpt,
+    teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    data: list[str] = DataOpt,
     workdir: Optional[Path] = typer.Option(None, "--workdir", help=WORKDIR_HELP),
 ) -> None:
     """Render Table 1 (from the models) or Tables 3-7 (from the results store)."""
     from kdbench.cli import cli_errors
 
-    cli_errors(_table)(number, fmt, profile, students, datasets, seeds, metric, paper, workdir)
+    cli_errors(_table)(number, fmt, profile, students, datasets, seeds, metric, paper, workdir,
+                       (config, teacher_weights, data))
 
 
 def _table(number: int, fmt: str, profile: str, students: Optional[str], datasets: Optional[str],
-           seeds: Optional[str], metric: str, paper: bool, workdir: Optional[Path]) -> None:
-    from kdbench.cli import out, workspace
+           seeds: Optional[str], metric: str, paper: bool, workdir: Optional[Path], cell: tuple) -> None:
+    from kdbench.cli import cell_options, out, workspace
     from kdbench.grid import parse_seeds
 
     check_choice("table", number, TABLES)
@@ -159,7 +167,7 @@ def _table(number: int, fmt: str, profile: str, students: Optional[str], dataset
         check_students(split_list(students))
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
-                           parse_seeds(seeds) if seeds else None, metric, paper)
+                           parse_seeds(seeds) if seeds else None, metric, paper, cell_options(*cell))
     emit(grid, fmt, out)
 
 
@@ -192,17 +200,20 @@ def figure_command(
     students: Optional[str] = typer.Option(None, "--students"),
     datasets: Optional[str] = typer.Option(None, "--datasets"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds to keep (default: all found)."),
+    config: Optional[Path] = ConfigOpt,
+    teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    data: list[str] = DataOpt,
     workdir: Optional[Path] = typer.Option(None, "--workdir", help=WORKDIR_HELP),
 ) -> None:
     """Draw Figure 3 or 4 from the results store as a PNG and print its path."""
     from kdbench.cli import cli_errors
 
-    cli_errors(_figure)(number, out_dir, profile, students, datasets, seeds, workdir)
+    cli_errors(_figure)(number, out_dir, profile, students, datasets, seeds, workdir, (config, teacher_weights, data))
 
 
 def _figure(number: int, out_dir: Optional[Path], profile: str, students: Optional[str], datasets: Optional[str],
-            seeds: Optional[str], workdir: Optional[Path]) -> None:
-    from kdbench.cli import workspace
+            seeds: Optional[str], workdir: Optional[Path], cell: tuple) -> None:
+    from kdbench.cli import cell_options, workspace
     from kdbench.figures import FIGURES
     from kdbench.grid import parse_seeds
 
@@ -211,7 +222,7 @@ def _figure(number: int, out_dir: Optional[Path], profile: str, students: Option
     ws = workspace(workdir)
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
-                           split_list(datasets), parse_seeds(seeds) if seeds else None)
+                           split_list(datasets), parse_seeds(seeds) if seeds else None, cell_options(*cell))
     typer.echo(str(path))
 
 

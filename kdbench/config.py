@@ -71,12 +71,13 @@ class RunConfig:
         return asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """What the run is, not where its inputs lie: data roots are left out (like the
-        teacher weights' path, whose content hash is kept), so moving a prepared
-        dataset keeps every run, cell and cached teacher."""
+        """What the run is, not where its inputs lie: data roots are left out, and so is the
+        teacher weights' path (its content hash ``weights_sha256`` is kept), so moving a
+        prepared dataset or a weights file keeps every run, cell and cached teacher."""
         data = self.to_dict()
         for key in ("data", "test_data"):
             data[key] = {k: v for k, v in data[key].items() if k != "root"}
+        data["teacher"]["weights"] = None  # None already without weights: those hashes are unchanged
         return data
 
     @property

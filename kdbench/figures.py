@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kdbench.grid import Cell, expand  # noqa: E402
+from kdbench.grid import Cell  # noqa: E402
 from kdbench.store import ResultsStore  # noqa: E402
 from kdbench.tables import METHOD_NAMES, STUDENT_NAMES, Lookup, NoDataError, dataset_name, test_metric  # noqa: E402
 
@@ -67,9 +67,10 @@ def gradient_curves(look: Lookup, profile: str, students: Sequence[str] | None,
                     datasets: Sequence[str] | None) -> list[Curve]:
     """Every Fig. 4 curve with data, one per (cell, quantity); a cell shared by several specs counts once."""
     opts = dict(profile=profile, students=students, datasets=datasets)
-    tokd = [c for c in expand("table5", **opts) + expand("table3", methods=["tokd"], **opts) if c.cfg.mode == "both"]
-    baselines = [c for c in expand("table3", **opts) if c.cfg.mode == "both" and c.cfg.method != "tokd"]
-    no_rot = [c for c in expand("table6", **opts) if c.label == NO_ROTATION_LABEL]
+    tokd = [c for c in look.cells("table5", **opts) + look.cells("table3", methods=["tokd"], **opts)
+            if c.cfg.mode == "both"]
+    baselines = [c for c in look.cells("table3", **opts) if c.cfg.mode == "both" and c.cfg.method != "tokd"]
+    no_rot = [c for c in look.cells("table6", **opts) if c.label == NO_ROTATION_LABEL]
     plan: list[tuple[Cell, str, str, bool, str]] = []
     for c in tokd:
         d = c.cfg.hp.get("rotation_dim")
@@ -94,9 +95,10 @@ def panel_title(panel: tuple[str, str]) -> str:
 
 
 def figure4(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: Sequence[str] | None = None,
-            datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> Path:
+            datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            options: Mapping[str, Any] | None = None) -> Path:
     """Gradient cosine over training steps; raises ``NoDataError`` when no run has diagnostics."""
-    look = Lookup(store, seeds)
+    look = Lookup(store, seeds, options or {})
     curves = gradient_curves(look, profile, students, datasets)
     if not curves:
         raise NoDataError(f"no gradient diagnostics for the table5/table3/table6 specs ({profile} profile) in "
@@ -120,11 +122,12 @@ def figure4(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: 
 
 
 def figure3(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: Sequence[str] | None = None,
-            datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> Path:
+            datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+            options: Mapping[str, Any] | None = None) -> Path:
     """TOKD test accuracy against alpha (log axis); raises ``NoDataError`` when no fig3 cell has a run."""
-    look = Lookup(store, seeds)
+    look = Lookup(store, seeds, options or {})
     lines: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
-    for cell in expand("fig3", profile=profile, students=students, datasets=datasets):
+    for cell in look.cells("fig3", profile=profile, students=students, datasets=datasets):
         stat = look.stat(cell, test_metric("acc"))
         if stat is not None:
             lines[(cell.cfg.dataset, cell.cfg.student)].append((float(cell.variant["alpha"]), stat.mean, stat.std))

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kdbench.grid import Cell, expand
 from kdbench.store import ResultsStore, RunRecord
@@ -145,7 +145,12 @@ class Lookup:
 
     store: ResultsStore
     seeds: Sequence[int] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # cell-defining grid options (config, teacher, data)
     seen: set[int] = field(default_factory=set)
+
+    def cells(self, spec: str, **select: Any) -> list[Cell]:
+        """The cells of ``spec`` as `kdbench grid` made them with the same options."""
+        return expand(spec, **select, **self.options)
 
     def records(self, cell: Cell) -> list[RunRecord]:
         recs = [r for r in self.store.by_cell(cell.cfg.cell) if self.seeds is None or r.seed in self.seeds]
@@ -185,7 +190,7 @@ def ordered(values: Iterable[str]) -> list[str]:
 def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
            metric: str = "acc", paper: bool = False) -> Grid:
     """Rows student x dataset; Vanilla, then RGB and Both for each method, Both marked against RGB."""
-    cells = expand("table3", profile=profile, students=students, datasets=datasets)
+    cells = look.cells("table3", profile=profile, students=students, datasets=datasets)
     get = test_metric(metric)
     stats = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): look.stat(c, get) for c in cells}
     methods = [m for m in METHOD_ORDER if any(k[2] == m for k in stats)]
@@ -220,7 +225,7 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
 def table4(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
            metric: str = "acc", paper: bool = False) -> Grid:
     """Xception (vanilla), the teacher (from the records' teacher metrics) and the TOKD student; Acc and AUC."""
-    cells = expand("table4", profile=profile, students=students, datasets=datasets)
+    cells = look.cells("table4", profile=profile, students=students, datasets=datasets)
     keys = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
     multi = len({s for _, s in keys}) > 1
     header = ["Model"]
@@ -266,7 +271,7 @@ def teacher_stat(look: Lookup, cells: Sequence[Cell], metric: str) -> Stat | Non
 def table5(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
            metric: str = "acc", paper: bool = False) -> Grid:
     """TOKD accuracy against the rotation size d; rows dataset x student."""
-    cells = expand("table5", profile=profile, students=students, datasets=datasets)
+    cells = look.cells("table5", profile=profile, students=students, datasets=datasets)
     dims = ordered(c.variant["rotation_dim"] for c in cells)
     header = ["Dataset", "Student", *(f"d = {d}" for d in dims)]
     pub = paper_results()["table5"]
@@ -292,7 +297,7 @@ COMPONENTS = ("RGB", "Fre", "Projector", "Rotation")
 def table6(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
            metric: str = "acc", paper: bool = False) -> Grid:
     """Ablation rows (labels of the spec's groups) with ✓ columns; one column per dataset (x student)."""
-    cells = expand("table6", profile=profile, students=students, datasets=datasets)
+    cells = look.cells("table6", profile=profile, students=students, datasets=datasets)
     keys = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
     multi = len({s for _, s in keys}) > 1
     header = ["Row", *COMPONENTS]
@@ -321,7 +326,7 @@ def table6(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
 def table7(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
            metric: str = "auc", paper: bool = False) -> Grid:
     """Cross-dataset: AUC and EER of vanilla and TOKD trained on one dataset and tested on another."""
-    cells = expand("table7", profile=profile, students=students, datasets=datasets)
+    cells = look.cells("table7", profile=profile, students=students, datasets=datasets)
     pub = paper_results()["table7"]
     setting = f"{pub['train']} → {pub['test']}"
     header = ["Train", "Test", "Student", "Method", "AUC", "EER"]
@@ -349,7 +354,8 @@ BUILDERS = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7}
 
 def build_table(number: int, store: ResultsStore, profile: str = "cpu", students: Sequence[str] | None = None,
                 datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None, metric: str = "acc",
-                paper: bool = False) -> Grid:
-    """Table ``number`` (3-7) from ``store``; ``seeds`` None keeps every seed found."""
-    look = Lookup(store, seeds)
+                paper: bool = False, options: Mapping[str, Any] | None = None) -> Grid:
+    """Table ``number`` (3-7) from ``store``; ``seeds`` None keeps every seed found; ``options``:
+    the cell-defining options the grid ran with (``config``, ``teacher``, ``data``, ``test_data``)."""
+    look = Lookup(store, seeds, options or {})
     return BUILDERS[number](look, profile, students, datasets, metric, paper)

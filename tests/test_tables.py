@@ -206,3 +206,26 @@ def test_cli_errors(cli, tmp_path, ws):
     ResultsStore(tmp_path / "empty2" / "results.sqlite")
     res = cli("figure", 3, "--workdir", tmp_path / "empty2")
     assert res.exit_code == 1 and "no finished fig3 runs" in res.output
+
+
+def test_table_finds_cells_run_with_teacher_weights_and_data_options(cli, tmp_path):
+    """Cells are defined by the grid's options too: `kdbench table` finds runs made with
+    --teacher-weights / --data when given the same, and the weights are matched by content
+    (a moved copy of the file is the same cell)."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"stand-in weights: only their content hash enters the cell")
+    store = ResultsStore(tmp_path / "results.sqlite")
+    (cell,) = [c for c in expand("table3", students=["res18t"], teacher={"weights": str(weights)},
+                                 data={"n_train": 300}) if c.cfg.method == "vanilla"]
+    store.put(fake_record(cell.cfg, 77.0))
+    moved = tmp_path / "elsewhere" / "copy.pth"
+    moved.parent.mkdir()
+    moved.write_bytes(weights.read_bytes())
+    plain = cli("table", 3, "--students", "res18t", "--format", "csv", "--workdir", tmp_path)
+    assert plain.exit_code == 0 and "77.0000" not in plain.stdout
+    found = cli("table", 3, "--students", "res18t", "--format", "csv", "--teacher-weights", moved,
+                "--data", "n_train=300", "--workdir", tmp_path)
+    assert found.exit_code == 0 and "77.0000" in found.stdout, found.output
+    other = cli("table", 3, "--students", "res18t", "--format", "csv", "--teacher-weights", moved,
+                "--workdir", tmp_path)  # the data option is part of the cell
+    assert "77.0000" not in other.stdout
