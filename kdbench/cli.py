@@ -216,6 +216,7 @@ def grid(
     from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
     from kdbench.runner import run as run_one
     from kdbench.runtime import make_runtime
+    from kdbench.teacher_cache import TeacherCache
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
     check_names(split(students) or [], split(datasets) or [])
@@ -240,8 +241,10 @@ def grid(
         return
     rt = make_runtime(device, precision, compile_model)
     datasets = DatasetCache()  # each dataset is generated or decoded once for the whole grid
+    teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
     report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=_log,
-                                                  progress=console.is_terminal, datasets=datasets),
+                                                  progress=console.is_terminal, datasets=datasets,
+                                                  teachers=teachers),
                       lambda cell: status.get(cell.cfg.hash) == "done", log=_log)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
               f"{len(report.failed)} failed", highlight=False)

@@ -21,7 +21,7 @@ from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
 from kdbench.runtime import Runtime, main_first, prepare_module
-from kdbench.teacher_cache import Teacher, build_teacher, ensure_teacher
+from kdbench.teacher_cache import Teacher, TeacherCache, build_teacher
 from kdbench.trainer import fit, to_input
 
 Log = Callable[[str], None]
@@ -121,9 +121,10 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
 
 
 def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",
-        log: Log = print, progress: bool = True, datasets: DatasetCache | None = None) -> RunRecord:
+        log: Log = print, progress: bool = True, datasets: DatasetCache | None = None,
+        teachers: TeacherCache | None = None) -> RunRecord:
     """Train ``cfg`` and store its record; a failure is recorded, then re-raised.
-    ``datasets``: a cache shared by the runs of a grid (default: load afresh)."""
+    ``datasets``, ``teachers``: caches shared by the runs of a grid (default: load afresh)."""
     run_hash = cfg.hash
     rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
@@ -149,7 +150,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         datasets = datasets or DatasetCache()
         splits = datasets.load(cfg.dataset, size, cfg.data)
         placement = place_frames(splits, rt)
-        teacher = ensure_teacher(cfg, splits, ws.root, rt, log=log, progress=progress)
+        teacher = (teachers or TeacherCache()).get(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
             splits["test"] = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"]

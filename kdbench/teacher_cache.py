@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -53,6 +53,7 @@ class Teacher:
     root: Path
     metrics: dict[str, Any]
     cached: bool  # True when loaded from the cache rather than trained now
+    loaded: dict[Path, Tensor] = field(default_factory=dict, repr=False)  # feature files read (or written) so far
 
     @torch.inference_mode()
     def _compute(self, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable], device: torch.device,
@@ -66,13 +67,18 @@ class Teacher:
 
     def features(self, split: str, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable],
                  device: torch.device, log: Log = print) -> dict[str, Tensor]:
-        """Cached teacher taps for every frame of ``split`` (computed once, then reused)."""
+        """Cached teacher taps for every frame of ``split`` (computed once, then reused; each
+        file is read and verified once per ``Teacher`` object, which a grid keeps for all its runs)."""
         result: dict[str, Tensor] = {}
         missing = []
         for tap in taps:
             path = self._feature_path(split, tap, reductions.get(tap))
+            if path in self.loaded:
+                result[tap] = self.loaded[path]
+                continue
             try:
-                result[tap] = self._load_feature(path, split, tap, reductions.get(tap), len(frames))
+                result[tap] = self.loaded[path] = self._load_feature(path, split, tap, reductions.get(tap),
+                                                                      len(frames))
             except FileNotFoundError:
                 missing.append(tap)
             except CacheError as exc:
@@ -83,9 +89,10 @@ class Teacher:
                 computed = self._compute(frames, missing, reductions, device)
                 for tap, value in computed.items():
                     red = reductions.get(tap)
+                    path = self._feature_path(split, tap, red)
                     atomic_save({"format": TEACHER_FORMAT, "teacher": self.hash, "split": split, "tap": tap,
-                                  "reduction": reduction_name(red), "n": len(frames), "values": value},
-                                 self._feature_path(split, tap, red))
+                                  "reduction": reduction_name(red), "n": len(frames), "values": value}, path)
+                    self.loaded[path] = value
                 result.update(computed)
         return result
 
@@ -153,6 +160,24 @@ def _load_teacher(root: Path, key_hash: str, cfg: RunConfig) -> tuple[DualBranch
     except RuntimeError:
         raise CacheError("checkpoint does not fit the configured teacher") from None
     return model, meta.get("metrics", {})
+
+
+class TeacherCache:
+    """Teachers kept in memory for the runs of a grid, each with the feature files it has read:
+    a teacher checkpoint and a feature file are read and verified once per process, not once
+    per run (at 128 px VID's eight raw maps alone are 16 GiB)."""
+
+    def __init__(self) -> None:
+        self._teachers: dict[tuple[Path, str], Teacher] = {}
+
+    def get(self, cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runtime, log: Log = print,
+            progress: bool = True) -> Teacher:
+        key = (Path(workdir).resolve(), digest(teacher_key(cfg)))
+        if key not in self._teachers:
+            self._teachers[key] = ensure_teacher(cfg, splits, workdir, rt, log=log, progress=progress)
+        else:
+            log(f"teacher: {key[1]} (in memory)")
+        return self._teachers[key]
 
 
 def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runtime,

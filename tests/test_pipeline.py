@@ -42,14 +42,17 @@ def test_teacher_cache_reuse_and_invalidation(tmp_path, splits):
     other = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, epochs=1))
     assert ensure_teacher(other, splits, tmp_path, RT, log=logs.append, progress=False).hash != first.hash
 
-    # features are cached, and a corrupt feature file is detected and rebuilt
+    # features are cached (in the file, and in memory for the Teacher that read or wrote them),
+    # and a corrupt feature file is detected and rebuilt
     feats = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
-    again = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
+    again = second.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)  # from the file
     assert torch.equal(feats["rgb.pooled"], again["rgb.pooled"])
     (path,) = (first.root / "features").glob("val-rgb.pooled-*.pt")
     path.write_bytes(b"garbage")
+    assert first.features("val", splits["val"], ["rgb.pooled"], {}, CPU)["rgb.pooled"] is feats["rgb.pooled"]
     logs.clear()
-    rebuilt = first.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
+    fresh = ensure_teacher(cfg, splits, tmp_path, RT, log=lambda m: None, progress=False)
+    rebuilt = fresh.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
     assert any("corrupt feature file" in m for m in logs)
     assert torch.equal(rebuilt["rgb.pooled"], feats["rgb.pooled"])
 
@@ -169,3 +172,26 @@ def test_compiled_training_matches_eager(splits):
     eager, comp = fits[False].history["epochs"][0], fits[True].history["epochs"][0]
     assert abs(comp["loss_ce"] - eager["loss_ce"]) <= 0.05 * eager["loss_ce"]
     assert 0.0 <= fits[True].test["auc"] <= 100.0  # percent
+
+
+def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
+    """Runs sharing a TeacherCache (as `kdbench grid` does) read the teacher checkpoint and each
+    feature file once, and train exactly as runs that read everything afresh."""
+    from kdbench import teacher_cache
+    from kdbench.teacher_cache import TeacherCache
+
+    quiet = dict(log=lambda m: None, progress=False)
+    both, rgb = smoke("fitnet", mode="both"), smoke("fitnet", mode="rgb")  # rgb's tap is one of both's two
+    fresh = {}
+    for cfg in (both, rgb):
+        ws = Workspace(tmp_path / f"fresh-{cfg.mode}")
+        fresh[cfg.mode] = run(cfg, ws, ResultsStore(ws.store_path), RT, **quiet)
+    reads = []
+    real_load = teacher_cache.safe_load
+    monkeypatch.setattr(teacher_cache, "safe_load", lambda path: reads.append(path.name) or real_load(path))
+    ws, teachers = Workspace(tmp_path / "fresh-both"), TeacherCache()  # its teacher and features exist
+    shared = {cfg.mode: run(cfg, ws, ResultsStore(ws.store_path), RT, teachers=teachers, **quiet)
+              for cfg in (both, rgb)}
+    assert sorted(reads) == sorted(["teacher.pt", *{f.name for f in (ws.root / "teachers").rglob("train-*.pt")}])
+    for mode in ("both", "rgb"):
+        assert shared[mode].metrics["test"] == fresh[mode].metrics["test"]
