@@ -150,7 +150,7 @@ def table_command(
 
 
 def _table(number: int, fmt: str, profile: str, students: Optional[str], datasets: Optional[str],
-           seeds: Optional[str], metric: str, paper: bool, workdir: Optional[Path], cell: tuple) -> None:
+           seeds: Optional[str], metric: str, paper: bool, workdir: Optional[Path], cell_opts: tuple) -> None:
     from kdbench.cli import cell_options, out, workspace
     from kdbench.grid import parse_seeds
 
@@ -167,7 +167,7 @@ def _table(number: int, fmt: str, profile: str, students: Optional[str], dataset
         check_students(split_list(students))
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
-                           parse_seeds(seeds) if seeds else None, metric, paper, cell_options(*cell))
+                           parse_seeds(seeds) if seeds else None, metric, paper, cell_options(*cell_opts))
     emit(grid, fmt, out)
 
 
@@ -212,7 +212,7 @@ def figure_command(
 
 
 def _figure(number: int, out_dir: Optional[Path], profile: str, students: Optional[str], datasets: Optional[str],
-            seeds: Optional[str], workdir: Optional[Path], cell: tuple) -> None:
+            seeds: Optional[str], workdir: Optional[Path], cell_opts: tuple) -> None:
     from kdbench.cli import cell_options, workspace
     from kdbench.figures import FIGURES
     from kdbench.grid import parse_seeds
@@ -222,7 +222,7 @@ def _figure(number: int, out_dir: Optional[Path], profile: str, students: Option
     ws = workspace(workdir)
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
-                           split_list(datasets), parse_seeds(seeds) if seeds else None, cell_options(*cell))
+                           split_list(datasets), parse_seeds(seeds) if seeds else None, cell_options(*cell_opts))
     typer.echo(str(path))
 
 
