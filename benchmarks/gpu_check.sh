@@ -30,7 +30,7 @@ if [ "${1:-}" != "--tiny" ]; then  # a failing check is reported, and the figure
   $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || true
 fi
 status=0  # a failing stage is reported and the next still runs; the exit status says one failed
-$PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.txt" || status=1
 $PY benchmarks/rotation_cost.py "${ROT[@]}" --json "$OUT/rotation_cost.json" 2>&1 | tee "$OUT/rotation_cost.txt" || status=1
+$PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.txt" || status=1
 echo "gpu_check: done in $(( $(date +%s) - start )) s; JSON in $OUT"
 exit $status
