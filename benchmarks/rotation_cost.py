@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from kdbench.rotation import UPDATES, Rotation
+from kdbench.runtime import allow_tf32
 
 
 def sync(device: torch.device) -> None:
@@ -93,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("CUDA is not available here; use --device cpu", file=sys.stderr)
             return 2
-        torch.backends.cuda.matmul.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+    allow_tf32(False)  # the rotation runs in full fp32 (kdbench.rotation.ieee_fp32) in any case
     results = [measure(u, d, args.batch, args.repeat, args.budget, device) for d in args.sizes for u in args.updates]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"rotation update cost, K=2 rotations, B={args.batch}, fp32, {device.type} ({name}), "

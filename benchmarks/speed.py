@@ -44,7 +44,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int = 2) -> float:
+def timed(fn: Callable[[], Any], steps: int, device: torch.device, warmup: int = 5) -> float:
     """Median seconds per call."""
     for _ in range(warmup):
         fn()
@@ -169,15 +169,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = measure(args, rt, teacher, s)
         res.setdefault("vanilla", []).append(base)
         if "a" in sections:
+            rows = []
             for m in args.methods.split(","):
                 try:
-                    r = measure(args, rt, teacher, s, m, "both")
+                    rows.append(measure(args, rt, teacher, s, m, "both"))
                 except Exception as exc:  # noqa: BLE001 - one broken method must not cost the other figures
                     print(f"speed: {s}/{m} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    res.setdefault("a_distillers", []).append({"student": s, "method": m, "error": repr(exc)})
-                    continue
-                r["ratio_to_vanilla"] = r["img_per_s"] / base["img_per_s"]
-                res.setdefault("a_distillers", []).append(r)
+                    rows.append({"student": s, "method": m, "error": repr(exc)})
+            # vanilla again after the distillers, and the faster of the two as the reference: the
+            # first case of a student also pays for warming clocks and caches (seen on an H200)
+            again = measure(args, rt, teacher, s)
+            res["vanilla"].append({**again, "note": "re-measured after the distillers"})
+            base = max(base, again, key=lambda r: r["img_per_s"])
+            for r in rows:
+                if "img_per_s" in r:
+                    r["ratio_to_vanilla"] = r["img_per_s"] / base["img_per_s"]
+            res.setdefault("a_distillers", []).extend(rows)
             plain = next((r for r in res["a_distillers"] if r["student"] == s and r["method"] == "fitnet"
                           and "img_per_s" in r), None) or measure(args, rt, teacher, s, "fitnet", "both")
             diag = measure(args, rt, teacher, s, "fitnet", "both", diagnose=True)

@@ -48,13 +48,16 @@ EPS = 1e-12
 @contextlib.contextmanager
 def ieee_fp32() -> Iterator[None]:
     """Full-precision fp32 matrix products (no TF32, which a GPU runtime switches on for speed):
-    a rotation built or updated from TF32 products drifts off SO(d) by ~1e-3 per step."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    a rotation built or updated from TF32 products drifts off SO(d) by ~1e-3 per step.
+    Uses the CUDA matmul flag ``kdbench.runtime.allow_tf32`` sets (CPU products have no TF32)."""
+    matmul = torch.backends.cuda.matmul
+    key, exact = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
+    old = getattr(matmul, key)
+    setattr(matmul, key, exact)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(old)
+        setattr(matmul, key, old)
 
 
 def skew_of(A: Tensor) -> Tensor:

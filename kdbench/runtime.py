@@ -79,10 +79,20 @@ def make_runtime(device: str = "auto", precision: str = "auto", compile: bool = 
         raise ValueError(f"unknown precision {precision!r}; choose one of: auto, fp32, bf16")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32(True)
     return Runtime(device=dev, precision=precision, channels_last=dev.type == "cuda", compile=compile,
                    memory_budget=memory_budget, rank=rank, world=world)
+
+
+def allow_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matrix products and convolutions, through torch's per-backend
+    ``fp32_precision`` where it has one: torch 2.11 refuses to read the global precision
+    once the legacy ``allow_tf32`` flags and the newer API have both been used."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = conv.conv.fp32_precision = "tf32" if enabled else "ieee"
+    else:  # older torch
+        matmul.allow_tf32 = conv.allow_tf32 = enabled
 
 
 def prepare_module(module: nn.Module, rt: Runtime) -> nn.Module:

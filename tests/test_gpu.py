@@ -14,7 +14,7 @@ from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
 from kdbench.rotation import expm_each
 from kdbench.runner import Workspace, run
-from kdbench.runtime import Runtime, prepare_module
+from kdbench.runtime import Runtime, allow_tf32, prepare_module
 from kdbench.store import ResultsStore
 from kdbench.trainer import LossWatch, TrainingError, make_optimizer, to_input, train_step
 
@@ -30,11 +30,10 @@ def exact_fp32():
     """fp32 comparisons without TF32 (make_runtime turns it on for speed), and deterministic
     cuDNN kernels: training amplifies a 1e-7 difference from atomics to ~1e-3 in an epoch."""
     cudnn = torch.backends.cudnn
-    old = torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark
-    torch.backends.cuda.matmul.allow_tf32 = cudnn.allow_tf32 = cudnn.benchmark = False
-    cudnn.deterministic = True
+    allow_tf32(False)
+    cudnn.benchmark, cudnn.deterministic = False, True
     yield
-    torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32, cudnn.deterministic, cudnn.benchmark = old
+    allow_tf32(False)
 
 
 def gpu(precision="fp32"):
@@ -72,19 +71,19 @@ def test_rotations_stay_on_so_d_with_tf32_on(update):
     within 10x of the CPU's fp32 drift (5e-5 measured at d = 512)."""
     from kdbench.rotation import Rotation
 
-    torch.set_float32_matmul_precision("high")  # as make_runtime leaves it; the fixture restores
+    allow_tf32(True)  # as make_runtime leaves it; the fixture turns it off again
     rot = Rotation((32, 4, 4), 512, update=update, reortho_every=0).cuda()
     gen = torch.Generator(device="cuda").manual_seed(0)
     for _ in range(100):
         rot.leader_step([torch.randn(32, 512, device="cuda", generator=gen) for _ in range(2)], lr=0.5)
     assert rot.orthogonality_error() < 5e-4
-    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_one_training_step_matches_cpu(method):
     """Each distiller's first step on the GPU (fp32, channels_last) gives the CPU's loss terms
-    and parameters; in bf16 autocast the terms agree to bf16 precision."""
+    and gradients; in bf16 autocast the terms agree to bf16 precision."""
     mode = "rgb" if method == "vanilla" else "both"
     hp = {"rotation_dim": 256} if method == "tokd" else {}
     frames = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
@@ -107,14 +106,17 @@ def test_one_training_step_matches_cpu(method):
                 _, taps = t(x)
             feats = {k: v.float() for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
         terms, _ = train_step(s, d, opt, params, rt, x, y.to(rt.device), feats, info, LossWatch())
-        return {k: v.detach().float().cpu() for k, v in terms.items()}, [p.detach().float().cpu() for p in s.parameters()]
+        grads = torch.cat([p.grad.detach().float().flatten().cpu() for p in params if p.grad is not None])
+        return {k: v.detach().float().cpu() for k, v in terms.items()}, grads
 
-    cpu_terms, cpu_params = step(CPU)
-    gpu_terms, gpu_params = step(gpu())
+    cpu_terms, cpu_grads = step(CPU)
+    gpu_terms, gpu_grads = step(gpu())
     assert cpu_terms.keys() == gpu_terms.keys()
     for k in cpu_terms:
         assert rel(gpu_terms[k], cpu_terms[k]) < 1e-3, k
-    assert max(rel(g, c) for g, c in zip(gpu_params, cpu_params)) < 1e-3
+    # gradients, not the Adam-updated weights: Adam's first step is lr * sign(g), so a parameter
+    # whose gradient is ~1e-9 moves by +-lr depending on rounding (seen on an H200 for PKT)
+    assert rel(gpu_grads, cpu_grads) < 1e-3
     bf16_terms, _ = step(gpu("bf16"))
     for k in cpu_terms:
         assert rel(bf16_terms[k], cpu_terms[k]) < 5e-2, k

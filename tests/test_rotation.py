@@ -383,19 +383,22 @@ def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path):
 
 def test_rotation_products_run_in_full_fp32_and_restore_the_setting():
     from kdbench.rotation import ieee_fp32
+    from kdbench.runtime import allow_tf32
 
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision
+    allow_tf32(True)  # what make_runtime does on a GPU
     try:
         seen = []
         rot = Rotation((4, 2, 2), 16, update="riemannian")
         real = rot.opt.direction
-        rot.opt.direction = lambda g: (seen.append(torch.get_float32_matmul_precision()), real(g))[1]
+        rot.opt.direction = lambda g: (seen.append(matmul.fp32_precision), real(g))[1]
         gr, gf = conflicting(4, 16)
         rot.leader_step([gr, gf], 0.1)
-        assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
+        assert seen == ["ieee"] and matmul.fp32_precision == "tf32"
         with pytest.raises(ValueError), ieee_fp32():
             raise ValueError
-        assert torch.get_float32_matmul_precision() == "high"
+        assert matmul.fp32_precision == "tf32"
     finally:
-        torch.set_float32_matmul_precision(old)
+        matmul.fp32_precision = old
+        torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's default
