@@ -110,3 +110,16 @@ def test_odd_size_299() -> None:
     fake, _ = synthetic_image(replace(cfg, fake_fraction=1.0), "test", 0)
     real, _ = synthetic_image(replace(cfg, fake_fraction=0.0), "test", 0)
     assert np.abs(fake.astype(int) - real).mean() > 0.5
+
+
+def test_worker_processes_render_the_same_set(small: dict, monkeypatch) -> None:
+    """Large sets are rendered by several processes (each image has its own RNG stream): the
+    result is the one-process set, chunk boundaries included."""
+    import kdbench.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "CHUNK", 5)  # several chunks per split, one cut mid-split
+    parallel = build_synthetic(SMALL, workers=2)
+    for split in SPLITS:
+        assert torch.equal(parallel[split].images, small[split].images)
+        assert torch.equal(parallel[split].labels, small[split].labels)
+        assert parallel[split].videos == small[split].videos

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -206,18 +209,39 @@ def synthetic_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.nd
     return _jpeg(img, quality), label
 
 
-def build_synthetic(cfg: SyntheticConfig) -> dict[str, FrameSet]:
-    """All three splits as ``FrameSet``s (each frame its own "video")."""
+PARALLEL_FROM = 4000  # images: below this, starting worker processes costs more than it saves
+CHUNK = 256
+
+
+def _render_range(cfg: SyntheticConfig, split: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.empty((stop - start, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    labels = np.empty(stop - start, dtype=np.int64)
+    for i in range(start, stop):
+        images[i - start], labels[i - start] = synthetic_image(cfg, split, i)
+    return images, labels
+
+
+def build_synthetic(cfg: SyntheticConfig, workers: int | None = None) -> dict[str, FrameSet]:
+    """All three splits as ``FrameSet``s (each frame its own "video"). Every image has its own
+    RNG stream, so large sets are rendered by ``workers`` processes (default: one per core from
+    ``PARALLEL_FROM`` images on) with the same result as one process."""
+    if workers is None:
+        total = sum(cfg.size_of(split) for split in SPLITS)
+        workers = min(os.cpu_count() or 1, 32) if total >= PARALLEL_FROM else 1
+    jobs = [(split, start, min(start + CHUNK, cfg.size_of(split)))
+            for split in SPLITS for start in range(0, cfg.size_of(split), CHUNK)]
+    if workers > 1:  # spawn, not fork: the parent may hold CUDA and threads
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = [f.result() for f in [pool.submit(_render_range, cfg, *job) for job in jobs]]
+    else:
+        parts = [_render_range(cfg, *job) for job in jobs]
     out: dict[str, FrameSet] = {}
     for split in SPLITS:
-        n = cfg.size_of(split)
-        images = np.empty((n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
-        labels = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            images[i], labels[i] = synthetic_image(cfg, split, i)
+        mine = [part for job, part in zip(jobs, parts) if job[0] == split] or [_render_range(cfg, split, 0, 0)]
+        images, labels = np.concatenate([p[0] for p in mine]), np.concatenate([p[1] for p in mine])
         out[split] = FrameSet(
             images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
             labels=torch.from_numpy(labels),
-            videos=[f"synthetic-{cfg.seed}-{split}-{i}" for i in range(n)],
+            videos=[f"synthetic-{cfg.seed}-{split}-{i}" for i in range(len(labels))],
         )
     return out
