@@ -28,11 +28,12 @@ from typing import Any, Callable
 import torch
 
 from kdbench.data.feeder import feed
-from kdbench.distiller import StepInfo, reduce_taps
+from kdbench.distiller import StepInfo
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
+from kdbench.runner import online_teacher
 from kdbench.runtime import Runtime, make_runtime, prepare_module
 from kdbench.trainer import LossWatch, make_optimizer, to_input, train_step
 
@@ -76,6 +77,9 @@ class Case:
             create_distiller(method, mode, s_shapes, t_shapes, **hp), rt)
         self.model = prepare_module(net, rt)
         self.rt, self.teacher = rt, teacher
+        if self.distiller is not None:  # the runner's online teacher; cached features are its output, kept
+            self.teacher_feats = online_teacher(teacher, self.distiller.teacher_taps(),
+                                                self.distiller.teacher_reductions(), rt)
         self.forward = torch.compile(self.model) if compile else self.model
         self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
         self.opt = make_optimizer(self.params, rt, lr=1e-4)
@@ -89,13 +93,6 @@ class Case:
 
     def x(self, frames: torch.Tensor) -> torch.Tensor:
         return to_input(frames, self.rt)
-
-    @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
-    def teacher_feats(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.rt.autocast():
-            _, taps = self.teacher(x)
-        d = self.distiller
-        return {t: v.float().clone() for t, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
 
     def step(self, online: bool = False, diagnose: bool = False, batch: dict[str, torch.Tensor] | None = None) -> None:
         batch = dict(batch or {})

@@ -26,16 +26,16 @@ and step counters travel in ``get_extra_state`` so checkpoints resume exactly.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdbench.distiller import DistillerError
+from kdbench.runtime import ieee_fp32  # rotations are built and updated without TF32 (drift off SO(d))
 
 UPDATES = ("riemannian", "expm", "cayley")
 OPTIMIZERS = ("sgd", "adam")
@@ -43,21 +43,6 @@ TARGETS = ("mean", "rotograd")
 LOSSES = ("cos", "rotograd_mse")
 INITS = ("identity", "haar")
 EPS = 1e-12
-
-
-@contextlib.contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """Full-precision fp32 matrix products (no TF32, which a GPU runtime switches on for speed):
-    a rotation built or updated from TF32 products drifts off SO(d) by ~1e-3 per step.
-    Uses the CUDA matmul flag ``kdbench.runtime.allow_tf32`` sets (CPU products have no TF32)."""
-    matmul = torch.backends.cuda.matmul
-    key, exact = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
-    old = getattr(matmul, key)
-    setattr(matmul, key, exact)
-    try:
-        yield
-    finally:
-        setattr(matmul, key, old)
 
 
 def skew_of(A: Tensor) -> Tensor:

@@ -108,16 +108,22 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
     live = [t for t in taps if plan[t] == "online"]
     if not live:
         return feats, None, label
+    gib = sum(sizes[t] for t in live) / 2**30
+    log(f"teacher taps {', '.join(live)} ({gib:.1f} GiB as a cache) exceed the memory budget: computed online")
+    return feats, online_teacher(teacher.model, live, reductions, rt), label
+
+
+def online_teacher(model: torch.nn.Module, taps: list[str], reductions: Mapping[str, Callable],
+                   rt: Runtime) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``taps`` of the frozen teacher computed per batch from the student's input, bf16 on a GPU."""
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
     def online(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=not cpu):
-            _, all_taps = teacher.model(x)
-        return {t: v.float().clone() for t, v in reduce_taps(all_taps, live, reductions).items()}
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type != "cpu"):
+            _, all_taps = model(x)
+        return {t: v.float().clone() for t, v in reduce_taps(all_taps, taps, reductions).items()}
 
-    gib = sum(sizes[t] for t in live) / 2**30
-    log(f"teacher taps {', '.join(live)} ({gib:.1f} GiB as a cache) exceed the memory budget: computed online")
-    return feats, online, label
+    return online
 
 
 def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",

@@ -84,15 +84,33 @@ def make_runtime(device: str = "auto", precision: str = "auto", compile: bool = 
                    memory_budget=memory_budget, rank=rank, world=world)
 
 
-def allow_tf32(enabled: bool) -> None:
-    """TF32 for fp32 matrix products and convolutions, through torch's per-backend
-    ``fp32_precision`` where it has one: torch 2.11 refuses to read the global precision
-    once the legacy ``allow_tf32`` flags and the newer API have both been used."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+def _tf32_switches() -> list[tuple[object, str, object, object]]:
+    """(backend, attribute, TF32 on, TF32 off) for CUDA matmuls and cuDNN convolutions: torch's
+    per-backend ``fp32_precision`` where it has one (torch 2.11 refuses to read the global
+    precision once the legacy ``allow_tf32`` flags and the newer API have both been used)."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision = conv.conv.fp32_precision = "tf32" if enabled else "ieee"
-    else:  # older torch
-        matmul.allow_tf32 = conv.allow_tf32 = enabled
+        return [(matmul, "fp32_precision", "tf32", "ieee"), (cudnn.conv, "fp32_precision", "tf32", "ieee")]
+    return [(matmul, "allow_tf32", True, False), (cudnn, "allow_tf32", True, False)]  # older torch
+
+
+def allow_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matrix products and convolutions (on for speed on a GPU)."""
+    for backend, attr, on, off in _tf32_switches():
+        setattr(backend, attr, on if enabled else off)
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Full-precision fp32 matrix products inside the block, whatever ``allow_tf32`` set
+    (CPU products have no TF32); the previous setting is restored after."""
+    backend, attr, _, off = _tf32_switches()[0]
+    old = getattr(backend, attr)
+    setattr(backend, attr, off)
+    try:
+        yield
+    finally:
+        setattr(backend, attr, old)
 
 
 def prepare_module(module: nn.Module, rt: Runtime) -> nn.Module:

@@ -44,7 +44,10 @@ def feed(sources: Mapping[str, Tensor], batches: Iterable[Tensor], device: torch
     resident = {k: t for k, t in sources.items() if k not in host}
 
     def here(idx: Tensor) -> dict[str, Tensor]:
-        return {k: t[idx.to(t.device, non_blocking=True)].to(device) for k, t in resident.items()}
+        if not resident:
+            return {}
+        on = idx.to(next(iter(resident.values())).device, non_blocking=True)  # they share one device: copy once
+        return {k: t[on].to(device) for k, t in resident.items()}
 
     if not host:
         for idx in batches:

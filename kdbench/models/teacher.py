@@ -21,7 +21,6 @@ from kdbench.io import safe_load
 from kdbench.models.students import NETWORKS
 
 
-
 def conv_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
