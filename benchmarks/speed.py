@@ -8,12 +8,17 @@
     features) in pinned host memory through the trainer's prefetching feeder
     (``kdbench.data.feeder``) against steps on GPU-resident tensors, both timed
     over a whole loop;
-(d) the compiled vanilla step against the eager one;
-(e) peak GPU memory of each configuration.
+(d) the compiled vanilla step against the eager one, per ``torch.compile`` mode
+    (``--compile-modes``; "reduce-overhead" adds CUDA graphs, which pays where the
+    step is bound by kernel launches, as a thin ResNet's may be);
+(e) peak GPU memory of each configuration;
+and each step's forward arithmetic per image (``gflop_fwd_per_img``), whose ratio to
+vanilla's (``flop_ratio``) is the throughput ratio an arithmetic-bound step would have.
 Random data; the timings are medians over ``--steps`` steps after warm-up.
 
     python benchmarks/speed.py --device cuda --size 299 --batch 64 --json out.json
     python benchmarks/speed.py --quick            # tiny CPU run (what the tests execute)
+    python benchmarks/speed.py --device cpu --sections flops --batch 2   # arithmetic only
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from kdbench.data.feeder import feed
 from kdbench.distiller import StepInfo
@@ -67,7 +73,7 @@ class Case:
     """A student (+ distiller) with a step function over a fixed batch."""
 
     def __init__(self, args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, student: str,
-                 method: str = "vanilla", mode: str = "rgb", compile: bool = False) -> None:
+                 method: str = "vanilla", mode: str = "rgb", compile: str | None = None) -> None:
         torch.manual_seed(0)
         net = build_student(student)
         s_shapes = probe_shapes(net, args.size)
@@ -80,7 +86,8 @@ class Case:
         if self.distiller is not None:  # the runner's online teacher; cached features are its output, kept
             self.teacher_feats = online_teacher(teacher, self.distiller.teacher_taps(),
                                                 self.distiller.teacher_reductions(), rt)
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = torch.compile(self.model, mode=compile) if compile else self.model
+        self.graphs = compile == "reduce-overhead"  # CUDA graphs: each step must say it is a new one
         self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
         self.opt = make_optimizer(self.params, rt, lr=1e-4)
         self.watch = LossWatch(every=1 if rt.device.type == "cpu" else 20)  # as the trainer checks
@@ -91,6 +98,16 @@ class Case:
         self.feats = self.teacher_feats(self.x(self.frames_dev)) if self.distiller else {}
         self.info = StepInfo(step=1, epoch=0, epochs=15, steps_per_epoch=100, student_lr=1e-4, base_lr=1e-4)
 
+    def forward_gflop(self) -> float:
+        """Forward arithmetic per image, student plus distiller loss (torch's FLOP counter: convolutions
+        and matrix products). Its ratio to vanilla's is the step ratio a purely arithmetic-bound step
+        would show: for VID's full-width heads that ceiling is far below 0.90 on the thin ResNets."""
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, self.rt.autocast():
+            _, taps = self.model(self.x(self.frames_dev))
+            if self.distiller is not None:
+                self.distiller({k: taps[k] for k in self.distiller.student_taps()}, self.feats, self.y)
+        return counter.get_total_flops() / len(self.y) / 1e9
+
     def x(self, frames: torch.Tensor) -> torch.Tensor:
         return to_input(frames, self.rt)
 
@@ -99,6 +116,8 @@ class Case:
         x = self.x(batch.pop("frames", self.frames_dev))
         feats = self.teacher_feats(x) if online and self.distiller else (batch or self.feats)
         info = replace(self.info, log=diagnose)  # log=True: the RGB-vs-frequency gradient cosine this step
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, info, self.watch)
 
     def loop(self, steps: int, host_frames: bool = False, host_feats: bool = False) -> float:
@@ -126,13 +145,14 @@ class Case:
 
 def measure(args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, student: str, method: str = "vanilla",
             mode: str = "rgb", **kw: Any) -> dict[str, Any]:
-    compile_ = kw.pop("compile", False)
+    compile_ = kw.pop("compile", None)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
     case = Case(args, rt, teacher, student, method, mode, compile_)
     sec = timed(lambda: case.step(**kw), args.steps, rt.device)
     return {"student": student, "method": method, "mode": mode, "img_per_s": args.batch / sec,
-            "ms_per_step": sec * 1e3, "peak_mib": peak_mib(rt.device), **kw, "compile": compile_}
+            "ms_per_step": sec * 1e3, "peak_mib": peak_mib(rt.device), **kw, "compile": compile_,
+            "gflop_fwd_per_img": case.forward_gflop()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -145,7 +165,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--teacher-backbone", default="xception")
     p.add_argument("--rotation-dim", type=int, default=1024)
-    p.add_argument("--sections", default="a,b,c,d")
+    p.add_argument("--sections", default="a,b,c,d", help="a,b,c,d as above; or 'flops' alone: only count "
+                   "each step's forward arithmetic (device-independent, fast on a CPU)")
+    p.add_argument("--compile-modes", default="default,reduce-overhead",
+                   help="torch.compile modes measured in (d), comma-separated")
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="tiny CPU run: 48 px, batch 8, res18t, res10t teacher")
     args = p.parse_args(argv)
@@ -162,6 +185,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu", "torch": torch.__version__,
                            "size": args.size, "batch": args.batch, "precision": rt.precision, "results": {}}
     res = out["results"]
+    if sections == {"flops"}:  # arithmetic only, no timing: the same on every device
+        for s in students:
+            base = Case(args, rt, teacher, s).forward_gflop()
+            for m in ("vanilla", *args.methods.split(",")):
+                g = Case(args, rt, teacher, s, m, "both").forward_gflop() if m != "vanilla" else base
+                res.setdefault("flops", []).append({"student": s, "method": m, "gflop_fwd_per_img": g,
+                                                    "flop_ratio": base / g})
+        save(out, args.json)
+        print_tables(out)
+        return out
     for s in students:
         base = measure(args, rt, teacher, s)
         res.setdefault("vanilla", []).append(base)
@@ -181,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for r in rows:
                 if "img_per_s" in r:
                     r["ratio_to_vanilla"] = r["img_per_s"] / base["img_per_s"]
+                    r["flop_ratio"] = base["gflop_fwd_per_img"] / r["gflop_fwd_per_img"]  # arithmetic-bound ceiling
             res.setdefault("a_distillers", []).extend(rows)
             plain = next((r for r in res["a_distillers"] if r["student"] == s and r["method"] == "fitnet"
                           and "img_per_s" in r), None) or measure(args, rt, teacher, s, "fitnet", "both")
@@ -205,14 +239,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "host_frames_and_cache_img_per_s": args.batch / host_feats, "ratio_cache_too": resident / host_feats,
                  "note": "loops of --steps steps; host tensors pinned, gathered 2 batches ahead"})
         if "d" in sections:
-            try:
-                comp = measure(args, rt, teacher, s, compile=True)
-                row = {"compiled_img_per_s": comp["img_per_s"], "eager_img_per_s": base["img_per_s"],
-                       "speedup": comp["img_per_s"] / base["img_per_s"]}
-            except Exception as exc:  # noqa: BLE001 - a compiler failure is a finding, not the end of the run
-                print(f"speed: {s} compiled step failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-                row = {"error": repr(exc)}
-            res.setdefault("d_compiled_vs_eager", []).append({"student": s, **row})
+            for mode in args.compile_modes.split(","):
+                try:
+                    comp = measure(args, rt, teacher, s, compile=mode)
+                    row = {"compiled_img_per_s": comp["img_per_s"], "eager_img_per_s": base["img_per_s"],
+                           "speedup": comp["img_per_s"] / base["img_per_s"], "peak_mib": comp["peak_mib"]}
+                except Exception as exc:  # noqa: BLE001 - a compiler failure is a finding, not the end of the run
+                    print(f"speed: {s} compiled step ({mode}) failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    row = {"error": repr(exc)}
+                res.setdefault("d_compiled_vs_eager", []).append({"student": s, "mode": mode, **row})
         save(out, args.json)  # after every student: a run stopped at its time limit keeps what it measured
     print_tables(out)
     return out

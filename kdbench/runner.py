@@ -21,7 +21,7 @@ from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
 from kdbench.runtime import Runtime, main_first, prepare_module
-from kdbench.teacher_cache import Teacher, TeacherCache, build_teacher
+from kdbench.teacher_cache import Teacher, TeacherCache
 from kdbench.trainer import fit, to_input
 
 Log = Callable[[str], None]
@@ -149,14 +149,14 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         torch.manual_seed(cfg.seed)
         student = build_student(cfg.student)
         s_shapes = probe_shapes(student, size)
-        with torch.random.fork_rng(devices=[]):
-            t_shapes = probe_shapes(build_teacher(cfg, load_weights=False), size)
+        teachers = teachers or TeacherCache()
+        t_shapes = teachers.shapes(cfg)
         distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
         student = prepare_module(student, rt)
         datasets = datasets or DatasetCache()
         splits = datasets.load(cfg.dataset, size, cfg.data)
         placement = place_frames(splits, rt)
-        teacher = (teachers or TeacherCache()).get(cfg, splits, ws.root, rt, log=log, progress=progress)
+        teacher = teachers.get(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
             splits["test"] = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"]

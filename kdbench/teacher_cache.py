@@ -22,6 +22,7 @@ from kdbench.runtime import Runtime, main_first, prepare_module
 from kdbench.io import atomic_save, safe_load
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
 from kdbench.distiller import reduce_taps
+from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 
 TEACHER_FORMAT = 1
@@ -169,6 +170,18 @@ class TeacherCache:
 
     def __init__(self) -> None:
         self._teachers: dict[tuple[Path, str], Teacher] = {}
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+
+    def shapes(self, cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+        """The teacher's tap shapes, from its architecture alone (no weights, no training), probed once
+        per architecture: building two Xceptions costs about half a second on a CPU, every run."""
+        arch = {"backbone": cfg.teacher.backbone, "proj_channels": cfg.teacher.proj_channels,
+                "freq_ratio": cfg.teacher.freq_ratio, "image_size": cfg.train.image_size}
+        key = digest(arch)
+        if key not in self._shapes:
+            with torch.random.fork_rng(devices=[]):  # building must not move the run's seeded RNG
+                self._shapes[key] = probe_shapes(build_teacher(cfg, load_weights=False), cfg.train.image_size)
+        return self._shapes[key]
 
     def get(self, cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runtime, log: Log = print,
             progress: bool = True) -> Teacher:

@@ -3,8 +3,9 @@
 CE plus the distiller's weighted terms, one backward, Adam(0.9, 0.999),
 StepLR stepped once per epoch, validation every epoch; the state with the best
 *validation* accuracy is kept and only it is evaluated on test. Every epoch
-ends with an atomic full-state checkpoint, so a killed run resumes where it
-stopped and finishes with the same numbers.
+ends with an atomic full-state checkpoint (written on a background thread while
+the next epoch trains), so a killed run resumes where it stopped and finishes
+with the same numbers.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from kdbench.config import TrainConfig
 from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
-from kdbench.io import atomic_save, safe_load
+from kdbench.io import BackgroundSaver, safe_load
 from kdbench.metrics import forgery_metrics
 from kdbench.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
@@ -208,7 +209,7 @@ def fit(
     forward = torch.compile(model) if rt.compile else model
     sources = {"frames": train.images, **(features or {})}
     watch = LossWatch(every=1 if rt.device.type == "cpu" else cfg.log_every if cfg.log_every > 0 else 50)
-    with Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
+    with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
         task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
@@ -251,7 +252,7 @@ def fit(
             if best is None or val_metrics["acc"] > best[0]:
                 best = (val_metrics["acc"], epoch, val_metrics, copy.deepcopy(model.state_dict()))
             if checkpoint is not None and rt.is_main:
-                atomic_save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
+                saver.save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
                               "model": model.state_dict(),
                               "distiller": distiller.state_dict() if distiller is not None else {},
                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

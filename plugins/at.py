@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -26,8 +27,10 @@ CACHED_P = 2  # the exponent whose energy map the teacher cache stores
 
 
 def at_energy(feature: Tensor) -> Tensor:
-    """Teacher reduction: channel mean of the squared map, N x 1 x H x W."""
-    return feature.pow(2).mean(1, keepdim=True)
+    """Teacher reduction: channel mean of the squared map, N x 1 x H x W (fp32 or wider).
+    One fused reduction (a norm) rather than a squared copy of the map and its mean."""
+    acc = torch.promote_types(feature.dtype, torch.float32)
+    return torch.linalg.vector_norm(feature, dim=1, keepdim=True, dtype=acc).square() / feature.shape[1]
 
 
 def energy(feature: Tensor, p: float) -> Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import torch
 from torch import Tensor, nn
 
 from kdbench import Distiller, HParam, branch_taps, hookimpl
@@ -19,8 +20,18 @@ from kdbench.connectors import VIDRegressor, map_shape, parse_stages
 
 
 def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
-    """Mean over elements of -log N(target; mean, var) up to the constant 0.5 log(2 pi)."""
-    return (0.5 * ((mean - target) ** 2 / var + var.log())).mean()
+    """Mean over elements of -log N(target; mean, var) up to the constant 0.5 log(2 pi).
+
+    ``var`` is per channel (1 x C x 1 x 1), so the mean is taken per channel first:
+    0.5 * mean_c(msd_c / var_c + log var_c), with msd_c the channel's mean squared
+    difference. That equals the elementwise form but reads the maps in one fused
+    reduction, and divides and takes logs on C values instead of N*C*H*W.
+    """
+    diff = mean - target
+    acc = torch.promote_types(diff.dtype, torch.float32)  # bf16 maps are summed in fp32
+    per_channel = torch.linalg.vector_norm(diff, dim=(0, 2, 3), dtype=acc).square() / (diff.numel() // diff.shape[1])
+    v = var.flatten().to(acc)
+    return 0.5 * (per_channel / v + v.log()).mean()
 
 
 class VID(Distiller):

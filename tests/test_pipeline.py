@@ -189,9 +189,13 @@ def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
     reads = []
     real_load = teacher_cache.safe_load
     monkeypatch.setattr(teacher_cache, "safe_load", lambda path: reads.append(path.name) or real_load(path))
+    builds, real_build = [], teacher_cache.build_teacher
+    monkeypatch.setattr(teacher_cache, "build_teacher",
+                        lambda cfg, load_weights=True: builds.append(load_weights) or real_build(cfg, load_weights))
     ws, teachers = Workspace(tmp_path / "fresh-both"), TeacherCache()  # its teacher and features exist
     shared = {cfg.mode: run(cfg, ws, ResultsStore(ws.store_path), RT, teachers=teachers, **quiet)
               for cfg in (both, rgb)}
     assert sorted(reads) == sorted(["teacher.pt", *{f.name for f in (ws.root / "teachers").rglob("train-*.pt")}])
+    assert builds == [False]  # the teacher's architecture was built once, to probe its tap shapes
     for mode in ("both", "rgb"):
         assert shared[mode].metrics["test"] == fresh[mode].metrics["test"]

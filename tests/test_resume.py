@@ -5,6 +5,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+import torch
+
+from kdbench.io import BackgroundSaver, safe_load
 from kdbench.store import ResultsStore
 
 ARGS = ["run", "--method", "fitnet", "--mode", "both", "--student", "res18t", "--profile", "smoke", "--epochs", "4"]
@@ -77,3 +81,32 @@ def test_grid_killed_at_several_points_finishes_with_the_same_results(tmp_path):
     straight = {r.hash: r.metrics["test"] for r in ResultsStore(tmp_path / "straight" / "results.sqlite").query()}
     killed = {r.hash: r.metrics["test"] for r in ResultsStore(home / "results.sqlite").query()}
     assert straight == killed and len(killed) == 2
+
+
+def test_background_saver_writes_the_state_as_it_was_at_save_time(tmp_path):
+    """Training goes on mutating the weights while the checkpoint is written; the file must hold
+    the values of the moment ``save`` was called, containers included."""
+    w = torch.zeros(1000)
+    history = {"epochs": [1.0]}
+    with BackgroundSaver() as saver:
+        saver.save({"w": w, "history": history}, tmp_path / "a.pt")
+        w.add_(1.0)
+        history["epochs"].append(2.0)
+        saver.save({"w": w, "history": history}, tmp_path / "b.pt")  # waits for the first write
+        w.add_(1.0)
+    a, b = safe_load(tmp_path / "a.pt"), safe_load(tmp_path / "b.pt")
+    assert torch.equal(a["w"], torch.zeros(1000)) and a["history"] == {"epochs": [1.0]}
+    assert torch.equal(b["w"], torch.ones(1000)) and b["history"] == {"epochs": [1.0, 2.0]}
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temporary file left behind
+
+
+def test_background_saver_reports_a_failed_write(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    saver = BackgroundSaver()
+    saver.save({"w": torch.zeros(3)}, tmp_path / "file" / "state.pt")
+    with pytest.raises(OSError):
+        saver.wait()
+    saver.wait()  # reported once; the saver is usable again
+    saver.save({"w": torch.zeros(3)}, tmp_path / "ok.pt")
+    saver.wait()
+    assert (tmp_path / "ok.pt").is_file()
