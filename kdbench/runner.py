@@ -114,13 +114,16 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
 
 
 def online_teacher(model: torch.nn.Module, taps: list[str], reductions: Mapping[str, Callable],
-                   rt: Runtime) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
-    """``taps`` of the frozen teacher computed per batch from the student's input, bf16 on a GPU."""
+                   rt: Runtime, truncate: bool = True) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``taps`` of the frozen teacher computed per batch from the student's input, bf16 on a GPU.
+    ``truncate``: the teacher stops after the last segment these taps need (False: the whole
+    forward, as torchdistill and RepDistiller run it)."""
+    wanted = list(taps) if truncate else None
 
     @torch.no_grad()  # not inference_mode: the features enter the student's autograd graph
     def online(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type != "cpu"):
-            _, all_taps = model(x)
+            _, all_taps = model(x, wanted=wanted)
         return {t: v.float().clone() for t, v in reduce_taps(all_taps, taps, reductions).items()}
 
     return online

@@ -48,3 +48,22 @@ def test_teacher_weights_missing_or_mismatched(tmp_path):
     teacher.load_branch_weights(right)
     for branch in (teacher.rgb, teacher.fre):
         assert torch.equal(branch.net.state_dict()["layer1.0.conv1.weight"], src["layer1.0.conv1.weight"])
+
+
+def test_teacher_stops_after_the_wanted_taps():
+    """An online teacher asked for stage-2 maps runs two of the backbone's segments, not the
+    whole forward, and gives the same maps as the full forward."""
+    torch.manual_seed(0)
+    teacher = DualBranchTeacher("res10t", 48).eval()
+    x = torch.randn(2, 3, 48, 48)
+    ran = []
+    teacher.rgb.segments[2].register_forward_hook(lambda *a: ran.append("stage3"))
+    with torch.no_grad():
+        _, full = teacher(x)
+        assert ran == ["stage3"]
+        logits, cut = teacher(x, wanted=["rgb.stage2", "fre.stage1"])
+    assert logits is None and ran == ["stage3"]  # stage 3 did not run the second time
+    for tap in ("rgb.stage2", "fre.stage1"):
+        assert torch.equal(cut[tap], full[tap])
+    logits, _ = teacher(x, wanted=["rgb.proj"])  # a head tap needs the whole forward
+    assert logits is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 import torch
 from torch import Tensor, nn
@@ -130,7 +131,9 @@ class DualBranchTeacher(nn.Module):
         self.rgb.train(was)
         return out
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, wanted: Collection[str] | None = None) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """``wanted``: stop as soon as these stage taps are computed and return ``(None, taps)``:
+        an online teacher feeding FitNet's stage-2 hint needs two of Xception's five segments."""
         layout = self.rgb.layout
         r, f = x, self.freq(x)
         taps: dict[str, Tensor] = {}
@@ -141,6 +144,8 @@ class DualBranchTeacher(nn.Module):
                 r, f = next(rfams)(r, f)
             if i in layout.taps:
                 taps[f"rgb.{layout.taps[i]}"], taps[f"fre.{layout.taps[i]}"] = r, f
+            if wanted is not None and taps.keys() >= set(wanted):
+                return None, taps
         taps["rgb.pooled"], taps["fre.pooled"] = r.mean((2, 3)), f.mean((2, 3))
         pr, pf = self.rgb_proj(r), self.fre_proj(f)
         taps["rgb.proj"], taps["fre.proj"] = pr, pf
