@@ -2,8 +2,9 @@
 # The GPU checks of kdbench in one script (NVIDIA H100/H200, single GPU, < 8 minutes):
 #   tests/test_gpu.py  the GPU path against the CPU path (same numbers within tolerance, placement
 #                tiers, pinned/streamed feeder, deferred NaN check); its result goes in the JSON dir
-#   speed.py     (a) distiller step / vanilla step, (b) cached vs online teacher, (c) host-fed vs
-#                resident frames, (d) compiled vs eager, (e) peak memory -- at 299 px, batch 64
+#   speed.py     (a) distiller step / vanilla step (and its arithmetic ceiling), (b) cached vs online
+#                teacher (whole and truncated), (c) host-fed vs resident frames, (d) compiled (default
+#                and reduce-overhead modes) vs eager, (e) peak memory -- at 299 px, batch 64
 #   rotation_cost.py  TOKD's leader update alone per option (riemannian, expm, cayley), d = 256..2048
 # JSON goes to $OUT (or ./gpu-check-out). `--tiny` runs the same scripts on CPU at a tiny size (tests).
 #
