@@ -71,23 +71,12 @@ class Teacher:
         """Cached teacher taps for every frame of ``split`` (computed once, then reused; each
         file is read and verified once per ``Teacher`` object, which a grid keeps for all its runs)."""
         result: dict[str, Tensor] = {}
-        missing = []
-        for tap in taps:
-            path = self._feature_path(split, tap, reductions.get(tap))
-            if path in self.loaded:
-                result[tap] = self.loaded[path]
-                continue
-            try:
-                result[tap] = self.loaded[path] = self._load_feature(path, split, tap, reductions.get(tap),
-                                                                      len(frames))
-            except FileNotFoundError:
-                missing.append(tap)
-            except CacheError as exc:
-                log(f"teacher {self.hash}: {exc}; rebuilding")
-                missing.append(tap)
+        missing = self._read(split, frames, taps, reductions, result, log)
         if missing:
             with _locked(self.root):
-                computed = self._compute(frames, missing, reductions, device)
+                # another process (a grid shard) may have written them while this one waited
+                missing = self._read(split, frames, missing, reductions, result, lambda m: None)
+                computed = self._compute(frames, missing, reductions, device) if missing else {}
                 for tap, value in computed.items():
                     red = reductions.get(tap)
                     path = self._feature_path(split, tap, red)
@@ -96,6 +85,24 @@ class Teacher:
                     self.loaded[path] = value
                 result.update(computed)
         return result
+
+    def _read(self, split: str, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable],
+              into: dict[str, Tensor], log: Log) -> list[str]:
+        """Read the cached ``taps`` into ``into``; return those not cached (or stale, or corrupt)."""
+        missing = []
+        for tap in taps:
+            path = self._feature_path(split, tap, reductions.get(tap))
+            if path in self.loaded:
+                into[tap] = self.loaded[path]
+                continue
+            try:
+                into[tap] = self.loaded[path] = self._load_feature(path, split, tap, reductions.get(tap), len(frames))
+            except FileNotFoundError:
+                missing.append(tap)
+            except CacheError as exc:
+                log(f"teacher {self.hash}: {exc}; rebuilding")
+                missing.append(tap)
+        return missing
 
     def _feature_path(self, split: str, tap: str, reduction: Callable | None) -> Path:
         return self.root / "features" / f"{split}-{tap}-{digest(reduction_name(reduction))[:8]}.pt"

@@ -174,6 +174,36 @@ def test_compiled_training_matches_eager(splits):
     assert 0.0 <= fits[True].test["auc"] <= 100.0  # percent
 
 
+def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, splits, monkeypatch):
+    """Two grid shards needing the same taps: the one that waited for the lock reads what the
+    other wrote instead of computing (and writing) it again."""
+    from contextlib import contextmanager
+
+    from kdbench import teacher_cache
+
+    cfg = smoke()
+    quiet = dict(log=lambda m: None, progress=False)
+    mine = ensure_teacher(cfg, splits, tmp_path, RT, **quiet)
+    other = ensure_teacher(cfg, splits, tmp_path, RT, **quiet)  # the other shard's view of the same teacher
+    real_lock, real_compute = teacher_cache._locked, teacher_cache.Teacher._compute
+    computed_by, waited = [], []
+
+    @contextmanager
+    def lock_taken_by_the_other_shard(root):
+        if not waited:  # this shard waits while the other one computes and writes the taps
+            waited.append(True)
+            other.features("val", splits["val"], ["rgb.stage4"], {}, CPU)
+        with real_lock(root):
+            yield
+
+    monkeypatch.setattr(teacher_cache, "_locked", lock_taken_by_the_other_shard)
+    monkeypatch.setattr(teacher_cache.Teacher, "_compute",
+                        lambda self, *a, **k: computed_by.append(self) or real_compute(self, *a, **k))
+    feats = mine.features("val", splits["val"], ["rgb.stage4"], {}, CPU)
+    assert computed_by == [other]  # computed once, by the other shard
+    assert torch.equal(feats["rgb.stage4"], other.features("val", splits["val"], ["rgb.stage4"], {}, CPU)["rgb.stage4"])
+
+
 def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
     """Runs sharing a TeacherCache (as `kdbench grid` does) read the teacher checkpoint and each
     feature file once, and train exactly as runs that read everything afresh."""
