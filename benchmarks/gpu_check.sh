@@ -7,6 +7,8 @@
 #                and reduce-overhead modes) vs eager, (e) peak memory -- at 299 px, batch 64
 #   rotation_cost.py  TOKD's leader update alone per option (riemannian, expm, cayley), d = 256..2048
 # JSON goes to $OUT (or ./gpu-check-out). `--tiny` runs the same scripts on CPU at a tiny size (tests).
+# To fit a shorter device call: GPU_TESTS=0 skips the tests; SPEED_EXTRA="--students res18t --sections a,d"
+# is appended to speed.py's arguments.
 #
 # The GPU image has torch, timm, pluggy, rich, typer, tabulate and scikit-learn but no network: carry
 # anything else as wheels in .whl/: `benchmarks/gpu_wheels.sh` fetches them (torchdistill), and the
@@ -25,9 +27,11 @@ else
   SPEED=(--device cuda --size 299 --batch 64 --steps 20)
   ROT=(--device cuda --sizes 256 1024 2048 --repeat 10)
 fi
+read -ra EXTRA <<< "${SPEED_EXTRA:-}"
+SPEED+=("${EXTRA[@]}")
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)
-if [ "${1:-}" != "--tiny" ]; then  # a failing check is reported, and the figures are still taken
+if [ "${1:-}" != "--tiny" ] && [ "${GPU_TESTS:-1}" != 0 ]; then  # a failing check is reported, and the figures are still taken
   $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || true
 fi
 status=0  # a failing stage is reported and the next still runs; the exit status says one failed
