@@ -26,8 +26,7 @@ def snapshot(obj: Any) -> Any:
     """A copy of nested dicts/lists/tuples whose tensors are detached CPU copies: what a
     background write may serialise while training goes on changing the originals."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        return t.to("cpu", copy=True)
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: snapshot(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -53,7 +52,7 @@ class BackgroundSaver:
     def save(self, obj: Any, path: Path) -> None:
         self.wait()
         copy = snapshot(obj)
-        self._thread = threading.Thread(target=self._write, args=(copy, path), name="kdbench-save", daemon=False)
+        self._thread = threading.Thread(target=self._write, args=(copy, path), name="kdbench-save")
         self._thread.start()
 
     def _write(self, obj: Any, path: Path) -> None:

@@ -253,12 +253,12 @@ def fit(
                 best = (val_metrics["acc"], epoch, val_metrics, copy.deepcopy(model.state_dict()))
             if checkpoint is not None and rt.is_main:
                 saver.save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
-                              "model": model.state_dict(),
-                              "distiller": distiller.state_dict() if distiller is not None else {},
-                              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                              "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                              "history": history, "best_acc": best[0], "best_epoch": best[1],
-                              "best_val": best[2], "best_state": best[3]}, checkpoint)
+                             "model": model.state_dict(),
+                             "distiller": distiller.state_dict() if distiller is not None else {},
+                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                             "history": history, "best_acc": best[0], "best_epoch": best[1],
+                             "best_val": best[2], "best_state": best[3]}, checkpoint)
             if on_epoch is not None:
                 on_epoch(row)
 

@@ -104,7 +104,7 @@ class Branch(nn.Module):
 
 
 class DualBranchTeacher(nn.Module):
-    """``forward(x) -> (logits, taps)``; x is the normalised RGB batch."""
+    """``forward(x) -> (logits, taps)``; x is the normalised RGB batch (``wanted`` cuts it short)."""
 
     def __init__(self, backbone: str = "xception", image_size: int = 299, proj_channels: int = 256,
                  num_classes: int = 2, freq_ratio: float = 1 / 3) -> None:
@@ -135,6 +135,7 @@ class DualBranchTeacher(nn.Module):
         """``wanted``: stop as soon as these stage taps are computed and return ``(None, taps)``:
         an online teacher feeding FitNet's stage-2 hint needs two of Xception's five segments."""
         layout = self.rgb.layout
+        wanted = set(wanted) if wanted is not None else None
         r, f = x, self.freq(x)
         taps: dict[str, Tensor] = {}
         rfams = iter(self.rfams)
@@ -144,7 +145,7 @@ class DualBranchTeacher(nn.Module):
                 r, f = next(rfams)(r, f)
             if i in layout.taps:
                 taps[f"rgb.{layout.taps[i]}"], taps[f"fre.{layout.taps[i]}"] = r, f
-            if wanted is not None and taps.keys() >= set(wanted):
+            if wanted is not None and taps.keys() >= wanted:
                 return None, taps
         taps["rgb.pooled"], taps["fre.pooled"] = r.mean((2, 3)), f.mean((2, 3))
         pr, pf = self.rgb_proj(r), self.fre_proj(f)
