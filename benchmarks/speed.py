@@ -41,7 +41,7 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
-from kdbench.runner import online_teacher
+from kdbench.runner import cache_dtype, online_teacher
 from kdbench.runtime import Runtime, make_runtime, prepare_module
 from kdbench.trainer import LossWatch, make_optimizer, to_input, train_step
 
@@ -99,7 +99,9 @@ class Case:
         self.pool_dev = torch.randint(0, 256, (4 * n, 3, args.size, args.size), dtype=torch.uint8, device=rt.device)
         self.frames_dev = self.pool_dev[:n]
         self.y = torch.randint(0, 2, (n,), device=rt.device)
-        self.feats = self.teacher_feats(self.x(self.frames_dev)) if self.distiller else {}
+        self.dtype = cache_dtype(rt)  # cached taps are stored as the runner stores them (bf16 on a bf16 run)
+        self.feats = ({k: v.to(self.dtype) for k, v in self.teacher_feats(self.x(self.frames_dev)).items()}
+                      if self.distiller else {})
         self.info = StepInfo(step=1, epoch=0, epochs=15, steps_per_epoch=100, student_lr=1e-4, base_lr=1e-4)
 
     def forward_gflop(self) -> float:
@@ -136,7 +138,8 @@ class Case:
         n = len(self.y)
         chunks = [self.teacher_feats(self.x(c)) for c in self.pool_dev.split(n)] if self.distiller else []
         sources = {"frames": place(self.pool_dev, host_frames),
-                   **{t: place(torch.cat([c[t] for c in chunks]), host_feats) for t in (chunks[0] if chunks else {})}}
+                   **{t: place(torch.cat([c[t] for c in chunks]).to(self.dtype), host_feats)
+                      for t in (chunks[0] if chunks else {})}}
         gen = torch.Generator().manual_seed(0)
         batches = [torch.randperm(len(self.pool_dev), generator=gen)[:n] for _ in range(steps + 2)]
         stream = feed(sources, batches, self.rt.device)

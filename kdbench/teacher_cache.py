@@ -58,28 +58,33 @@ class Teacher:
 
     @torch.inference_mode()
     def _compute(self, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable], device: torch.device,
-                 batch_size: int = 128) -> dict[str, Tensor]:
+                 dtype: torch.dtype = torch.float32, batch_size: int = 128) -> dict[str, Tensor]:
+        """The taps for every frame, stored as ``dtype``; a bf16 cache is computed under bf16 autocast
+        on a GPU, as the online teacher computes its taps."""
         out: dict[str, list[Tensor]] = {t: [] for t in taps}
+        bf16 = dtype == torch.bfloat16 and device.type == "cuda"
         for start in range(0, len(frames), batch_size):
-            _, all_taps = self.model(normalize(frames.images[start:start + batch_size].to(device)))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                _, all_taps = self.model(normalize(frames.images[start:start + batch_size].to(device)))
             for t, value in reduce_taps(all_taps, taps, reductions).items():
-                out[t].append(value.float().cpu())
+                out[t].append(value.to(dtype).cpu())
         return {t: torch.cat(v) for t, v in out.items()}
 
     def features(self, split: str, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable],
-                 device: torch.device, log: Log = print) -> dict[str, Tensor]:
+                 device: torch.device, log: Log = print, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
         """Cached teacher taps for every frame of ``split`` (computed once, then reused; each
-        file is read and verified once per ``Teacher`` object, which a grid keeps for all its runs)."""
+        file is read and verified once per ``Teacher`` object, which a grid keeps for all its runs).
+        ``dtype``: float32, or bfloat16 for bf16 runs (a separate cache at half the size)."""
         result: dict[str, Tensor] = {}
-        missing = self._read(split, frames, taps, reductions, result, log)
+        missing = self._read(split, frames, taps, reductions, dtype, result, log)
         if missing:
             with _locked(self.root):
                 # another process (a grid shard) may have written them while this one waited
-                missing = self._read(split, frames, missing, reductions, result, lambda m: None)
-                computed = self._compute(frames, missing, reductions, device) if missing else {}
+                missing = self._read(split, frames, missing, reductions, dtype, result, lambda m: None)
+                computed = self._compute(frames, missing, reductions, device, dtype) if missing else {}
                 for tap, value in computed.items():
                     red = reductions.get(tap)
-                    path = self._feature_path(split, tap, red)
+                    path = self._feature_path(split, tap, red, dtype)
                     atomic_save({"format": TEACHER_FORMAT, "teacher": self.hash, "split": split, "tap": tap,
                                   "reduction": reduction_name(red), "n": len(frames), "values": value}, path)
                     self.loaded[path] = value
@@ -87,16 +92,17 @@ class Teacher:
         return result
 
     def _read(self, split: str, frames: FrameSet, taps: list[str], reductions: Mapping[str, Callable],
-              into: dict[str, Tensor], log: Log) -> list[str]:
+              dtype: torch.dtype, into: dict[str, Tensor], log: Log) -> list[str]:
         """Read the cached ``taps`` into ``into``; return those not cached (or stale, or corrupt)."""
         missing = []
         for tap in taps:
-            path = self._feature_path(split, tap, reductions.get(tap))
+            path = self._feature_path(split, tap, reductions.get(tap), dtype)
             if path in self.loaded:
                 into[tap] = self.loaded[path]
                 continue
             try:
-                into[tap] = self.loaded[path] = self._load_feature(path, split, tap, reductions.get(tap), len(frames))
+                into[tap] = self.loaded[path] = self._load_feature(path, split, tap, reductions.get(tap), len(frames),
+                                                                   dtype)
             except FileNotFoundError:
                 missing.append(tap)
             except CacheError as exc:
@@ -104,10 +110,12 @@ class Teacher:
                 missing.append(tap)
         return missing
 
-    def _feature_path(self, split: str, tap: str, reduction: Callable | None) -> Path:
-        return self.root / "features" / f"{split}-{tap}-{digest(reduction_name(reduction))[:8]}.pt"
+    def _feature_path(self, split: str, tap: str, reduction: Callable | None, dtype: torch.dtype) -> Path:
+        suffix = "" if dtype == torch.float32 else f"-{str(dtype).removeprefix('torch.')}"
+        return self.root / "features" / f"{split}-{tap}-{digest(reduction_name(reduction))[:8]}{suffix}.pt"
 
-    def _load_feature(self, path: Path, split: str, tap: str, reduction: Callable | None, n: int) -> Tensor:
+    def _load_feature(self, path: Path, split: str, tap: str, reduction: Callable | None, n: int,
+                      dtype: torch.dtype) -> Tensor:
         if not path.is_file():
             raise FileNotFoundError(path)
         try:
@@ -119,7 +127,8 @@ class Teacher:
         if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in expected.items()):
             raise CacheError(f"stale feature file {path.name}")
         values = entry["values"]
-        if not isinstance(values, Tensor) or values.shape[0] != n or not torch.isfinite(values).all():
+        if not isinstance(values, Tensor) or values.shape[0] != n or values.dtype != dtype \
+                or not torch.isfinite(values).all():
             raise CacheError(f"corrupt feature file {path.name} (bad values)")
         return values
 

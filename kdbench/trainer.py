@@ -132,6 +132,8 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
     gradient averaging across processes, the distiller's leader step, the optimizer step.
     ``watch``: where the loss is checked for NaN/inf (default: now, before the backward)."""
     diag: dict[str, float] = {}
+    # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
+    feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
     with rt.autocast():
         logits, taps = forward(x)
         terms = {"ce": F.cross_entropy(logits, y)}

@@ -122,10 +122,12 @@ def test_one_training_step_matches_cpu(method):
         assert rel(bf16_terms[k], cpu_terms[k]) < 5e-2, k
 
 
-def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch, precision):
     """The same FitNet run with frames and teacher features on the GPU, then pinned in host
     memory (prefetched), then with an online teacher: the record says which; the first two
-    train identically, and the online teacher's taps equal the cached ones to bf16 precision."""
+    train identically, and the online teacher's taps equal the cached ones to bf16 precision.
+    A bf16 run caches its taps in bf16."""
     from kdbench.data.registry import load_dataset
     from kdbench.runner import teacher_source
     from kdbench.teacher_cache import ensure_teacher
@@ -134,31 +136,33 @@ def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch):
     ws = Workspace(tmp_path)  # one workspace: one teacher, trained once
     store = ResultsStore(ws.store_path)
     quiet = dict(progress=False, log=lambda m: None)
-    records = {"device": run(cfg, ws, store, gpu(), **quiet)}
+    rt = gpu(precision)
+    records = {"device": run(cfg, ws, store, rt, **quiet)}
     monkeypatch.setattr(Runtime, "free_bytes", lambda self: 0)  # nothing fits the GPU: host tier
-    records["host"] = run(cfg, ws, store, gpu(), **quiet)
+    records["host"] = run(cfg, ws, store, rt, **quiet)
     monkeypatch.setattr(Runtime, "host_free_bytes", lambda self: 0)  # nor the host: online teacher
-    records["online"] = run(cfg, ws, store, gpu(), **quiet)
+    records["online"] = run(cfg, ws, store, rt, **quiet)
     placement = {k: (r.history["runtime"]["frames"], r.history["runtime"]["teacher_features"])
                  for k, r in records.items()}
     assert placement == {"device": ("device", "device cache"), "host": ("pinned host", "pinned host cache"),
                          "online": ("pinned host", "online")}
     device, host = (records[k].history["epochs"] for k in ("device", "host"))
-    for a, b in zip(device, host):
-        assert abs(a["loss_ce"] - b["loss_ce"]) <= 1e-4 * a["loss_ce"]
+    for a, b in zip(device, host):  # same cached values; bf16 kernels may differ run to run
+        assert abs(a["loss_ce"] - b["loss_ce"]) <= (1e-4 if precision == "fp32" else 1e-2) * a["loss_ce"]
 
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
-    teacher = ensure_teacher(cfg, splits, ws.root, gpu(), **quiet)
+    teacher = ensure_teacher(cfg, splits, ws.root, rt, **quiet)
     student = build_student(cfg.student)
     d = create_distiller("fitnet", "both", probe_shapes(student, cfg.train.image_size),
                          probe_shapes(teacher.model, cfg.train.image_size, "cuda"))
-    feats, online, _ = teacher_source(teacher, d, splits["train"], gpu(), lambda m: None)
+    feats, online, _ = teacher_source(teacher, d, splits["train"], rt, lambda m: None)
     assert online is not None and feats == {}
     monkeypatch.undo()
-    cached, none, label = teacher_source(teacher, d, splits["train"], gpu(), lambda m: None)
+    cached, none, label = teacher_source(teacher, d, splits["train"], rt, lambda m: None)
     assert none is None and label == "device cache"
+    assert {v.dtype for v in cached.values()} == {torch.float32 if precision == "fp32" else torch.bfloat16}
     idx = torch.arange(0, len(splits["train"]), 7)
-    live = online(to_input(splits["train"].images[idx].cuda(), gpu()))
+    live = online(to_input(splits["train"].images[idx].cuda(), rt))
     for t in d.teacher_taps():
         assert rel(live[t], cached[t][idx.cuda()]) < 2e-2, t
 

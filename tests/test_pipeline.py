@@ -174,6 +174,41 @@ def test_compiled_training_matches_eager(splits):
     assert 0.0 <= fits[True].test["auc"] <= 100.0  # percent
 
 
+def test_a_bf16_run_caches_teacher_taps_in_bf16_and_distillers_see_fp32(tmp_path, splits):
+    """On a bf16 run the feature cache is bf16 (its own files, half the bytes); the trainer hands the
+    taps to the distiller in fp32, equal to the fp32 cache's to bf16 precision."""
+    from kdbench.distiller import StepInfo
+    from kdbench.models.students import build_student
+    from kdbench.models.taps import probe_shapes
+    from kdbench.plugins import create_distiller
+    from kdbench.runner import teacher_source
+
+    cfg = smoke("fitnet", mode="both")
+    teacher = ensure_teacher(cfg, splits, tmp_path, RT, log=lambda m: None, progress=False)
+    student = build_student(cfg.student)
+    size = cfg.train.image_size
+    d = create_distiller("fitnet", "both", probe_shapes(student, size), probe_shapes(teacher.model, size))
+    half = Runtime(precision="bf16")
+    f32, _, _ = teacher_source(teacher, d, splits["train"], RT, lambda m: None)
+    f16, _, _ = teacher_source(teacher, d, splits["train"], half, lambda m: None)
+    for tap, v in f16.items():
+        assert v.dtype == torch.bfloat16 and f32[tap].dtype == torch.float32
+        assert torch.allclose(v.float(), f32[tap], rtol=1 / 128, atol=1e-6)
+    files = sorted(p.name for p in (teacher.root / "features").glob("train-*.pt"))
+    assert len(files) == 4 and sum(name.endswith("-bfloat16.pt") for name in files) == 2
+
+    seen = []
+    forward = d.forward
+    d.forward = lambda s, t, y: seen.extend(v.dtype for v in t.values()) or forward(s, t, y)
+    idx = torch.arange(8)
+    x, y = trainer.to_input(splits["train"].images[idx], half), splits["train"].labels[idx]
+    params = [*student.parameters(), *d.student_parameters()]
+    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=1, student_lr=1e-3, base_lr=1e-3)
+    trainer.train_step(student, d, trainer.make_optimizer(params, RT, 1e-3), params, half, x, y,
+                       {t: v[idx] for t, v in f16.items()}, info)
+    assert seen == [torch.float32, torch.float32]
+
+
 def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, splits, monkeypatch):
     """Two grid shards needing the same taps: the one that waited for the lock reads what the
     other wrote instead of computing (and writing) it again."""
