@@ -28,9 +28,16 @@ CACHED_P = 2  # the exponent whose energy map the teacher cache stores
 
 def at_energy(feature: Tensor) -> Tensor:
     """Teacher reduction: channel mean of the squared map, N x 1 x H x W (fp32 or wider).
-    One fused reduction (a norm) rather than a squared copy of the map and its mean."""
+
+    On a channels_last map (the GPU layout) the channels are contiguous, and one fused
+    reduction (a norm) reads the map once, without the squared copy, fp32 under bf16 autocast,
+    that ``pow`` makes. On an NCHW map torch's CPU norm over channels is slower than
+    squaring (``benchmarks/loss_kernels.py``), so that layout keeps the plain formula.
+    """
     acc = torch.promote_types(feature.dtype, torch.float32)
-    return torch.linalg.vector_norm(feature, dim=1, keepdim=True, dtype=acc).square() / feature.shape[1]
+    if feature.dim() == 4 and feature.is_contiguous(memory_format=torch.channels_last):
+        return torch.linalg.vector_norm(feature, dim=1, keepdim=True, dtype=acc).square() / feature.shape[1]
+    return feature.pow(2).mean(1, keepdim=True).to(acc)
 
 
 def energy(feature: Tensor, p: float) -> Tensor:
