@@ -21,3 +21,10 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     kernels = json.loads((tmp_path / "loss_kernels.json").read_text())["rows"]
     assert {r["loss"] for r in kernels} == {"vid_nll", "at_energy"} and all(r["speedup"] > 0 for r in kernels)
     assert "ratio_to_vanilla" in proc.stdout and "gpu_check: done" in proc.stdout
+
+
+def test_checkpoint_cost_runs(tmp_path):
+    proc = subprocess.run([os.sys.executable, str(ROOT / "benchmarks" / "checkpoint_cost.py"), "--student", "res18t",
+                           "--repeat", "1", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "BackgroundSaver.save returns after" in proc.stdout and not list(tmp_path.iterdir())
