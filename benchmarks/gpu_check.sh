@@ -7,6 +7,8 @@
 #                and reduce-overhead modes) vs eager, (e) peak memory -- at 299 px, batch 64
 #   rotation_cost.py  TOKD's leader update alone per option (riemannian, expm, cayley), d = 256..2048
 #   loss_kernels.py   VID's likelihood and AT's energy: fused reductions vs the elementwise formulas
+#   profile_step.py   res18t's step profiled: kernel launches, GPU busy fraction, TOKD's leader step, the
+#                compiled step's kernels (why compile and TOKD cost what they cost)
 # JSON goes to $OUT (or ./gpu-check-out). `--tiny` runs the same scripts on CPU at a tiny size (tests).
 # To fit a shorter device call: GPU_TESTS=0 skips the tests; SPEED_EXTRA="--students res18t --sections a,d"
 # is appended to speed.py's arguments.
@@ -21,13 +23,14 @@ OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 if [ "${1:-}" = "--tiny" ]; then
-  SPEED=(--quick); ROT=(--quick); LOSS=(--batch 1 --repeat 1)
+  SPEED=(--quick); ROT=(--quick); LOSS=(--batch 1 --repeat 1); PROF=(--quick)
 else
   source benchmarks/gpu_env.sh
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
   SPEED=(--device cuda --size 299 --batch 64 --steps 20)
   ROT=(--device cuda --sizes 256 1024 2048 --repeat 10)
   LOSS=(--device cuda --repeat 10)
+  PROF=(--device cuda --students res18t --methods vanilla,tokd --compile-modes default)
 fi
 read -ra EXTRA <<< "${SPEED_EXTRA:-}"
 SPEED+=("${EXTRA[@]}")
@@ -39,6 +42,7 @@ fi
 status=0  # a failing stage is reported and the next still runs; the exit status says one failed
 $PY benchmarks/rotation_cost.py "${ROT[@]}" --json "$OUT/rotation_cost.json" 2>&1 | tee "$OUT/rotation_cost.txt" || status=1
 $PY benchmarks/loss_kernels.py "${LOSS[@]}" --json "$OUT/loss_kernels.json" 2>&1 | tee "$OUT/loss_kernels.txt" || status=1
+$PY benchmarks/profile_step.py "${PROF[@]}" --json "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" || status=1
 $PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.txt" || status=1
 echo "gpu_check: done in $(( $(date +%s) - start )) s; JSON in $OUT"
 exit $status

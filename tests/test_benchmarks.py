@@ -18,6 +18,9 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert speed["results"]["b_cached_vs_online"][0]["speedup"] > 0
     assert speed["results"]["c_host_vs_resident"][0]["ratio"] > 0
     assert json.loads((tmp_path / "rotation_cost.json").read_text())
+    profiled = json.loads((tmp_path / "profile_step.json").read_text())["rows"]
+    assert [r["method"] for r in profiled] == ["vanilla", "tokd"] and all(r["aten_calls"] > 0 for r in profiled)
+    assert profiled[1]["leader_cpu_ms"] > 0 and profiled[0]["leader_cpu_ms"] is None  # TOKD's leader step, named
     kernels = json.loads((tmp_path / "loss_kernels.json").read_text())["rows"]
     assert {r["loss"] for r in kernels} == {"vid_nll", "at_energy"} and all(r["speedup"] > 0 for r in kernels)
     assert "ratio_to_vanilla" in proc.stdout and "gpu_check: done" in proc.stdout
