@@ -402,3 +402,21 @@ def test_rotation_products_run_in_full_fp32_and_restore_the_setting():
     finally:
         matmul.fp32_precision = old
         torch.backends.cudnn.conv.fp32_precision = "tf32"  # torch's default
+
+
+# the closed-form gradient of the default case (riemannian R, cosine L_R) equals autograd's
+@pytest.mark.parametrize("d", [16, 10])  # d = D, and a tail of the latent outside the rotated block
+@pytest.mark.parametrize("target", ["mean", "rotograd"])
+def test_closed_form_cos_gradient_equals_autograd(d, target):
+    torch.manual_seed(0)
+    rot = Rotation((4, 2, 2), d, init="haar")
+    gr, gf = conflicting(8, 16, seed=3)
+    G, res = rot.leader_gradient([gr, gf], target=target)  # the closed form
+    R = rot.R.detach().clone().requires_grad_(True)
+    v = [rot.rotate_back(x, R[k].detach()) for k, x in enumerate((gr, gf))]
+    tgt = target_vector(v, target)
+    L = rot.rotation_loss([gr, gf], R, tgt, "cos")
+    (expected,) = torch.autograd.grad(L, R)
+    assert torch.allclose(G, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(res.loss, L.detach(), rtol=1e-6) and torch.allclose(res.target, tgt)
+    assert all(torch.equal(a, b) for a, b in zip(res.v, v))
