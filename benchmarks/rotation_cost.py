@@ -3,7 +3,7 @@
 What one measurement covers, for the K = 2 rotations of TOKD's ``both`` mode and
 B captured per-sample gradients (flat latent with D = d):
 
-* ``riemannian``: the leader step: L_R on the tiny graph, its gradient w.r.t. R,
+* ``riemannian``: the leader step: L_R and its gradient w.r.t. R (closed form for the cosine loss),
   skew(R^T G), the gradient-free matrix exponential and R <- R expm(-lr Omega)
   (QR re-orthonormalisation is amortised: once per ``reortho_every`` steps; not timed).
 * ``expm`` / ``cayley``: the map R(A) with its graph (what the distiller's forward
