@@ -256,8 +256,8 @@ class Rotation(nn.Module):
 
         L_R = -sum_k sum_n (v_kn . t_n) w_kn with v_k = R_k^T g~_k and w_kn = 1 / (|g~_kn| |t_n|), which
         does not depend on R (rotations keep norms; the target is held fixed), so
-        dL_R/dR_k = -(w_k * g~_k[:, :d])^T t[:, :d]: a few products instead of an autograd pass
-        (a fifth of the ATen calls; tests/test_rotation.py checks it against autograd)."""
+        dL_R/dR_k = -(w_k * g~_k[:, :d])^T t[:, :d]: a few products instead of an autograd graph and
+        pass (two thirds of the ATen calls; tests/test_rotation.py checks it against autograd)."""
         d = self.d
         with torch.autocast(grads[0].device.type, enabled=False):
             g = [x.detach().float().flatten(1) for x in grads]
