@@ -14,7 +14,6 @@ cached teacher features).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,10 +25,9 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py's Case: the same step
-from speed import Case, sync, timed  # noqa: E402
+from speed import Case, case_parser, frozen_teacher, sync, timed  # noqa: E402
 
-from kdbench.models.teacher import DualBranchTeacher  # noqa: E402
-from kdbench.runtime import make_runtime, prepare_module  # noqa: E402
+from kdbench.runtime import make_runtime  # noqa: E402
 
 LEADER = "kdbench.leader_step"
 
@@ -74,16 +72,8 @@ def profile_case(case: Case, steps: int, device: torch.device) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=int, default=299)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--students", default="res18t")
-    p.add_argument("--methods", default="vanilla,tokd")
+    p = case_parser(__doc__, steps=10, students="res18t", methods="vanilla,tokd")
     p.add_argument("--compile-modes", default="", help="also profile the compiled vanilla step in these modes")
-    p.add_argument("--teacher-backbone", default="xception")
-    p.add_argument("--rotation-dim", type=int, default=1024)
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="tiny CPU run: 48 px, batch 8, res10t teacher")
     args = p.parse_args(argv)
@@ -91,9 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.device, args.size, args.batch, args.steps = "cpu", 48, 8, 2
         args.teacher_backbone, args.rotation_dim = "res10t", 256
     rt = make_runtime(args.device)
-    teacher = prepare_module(DualBranchTeacher(args.teacher_backbone, args.size), rt).eval()
-    for q in teacher.parameters():
-        q.requires_grad_(False)
+    teacher = frozen_teacher(args, rt)
     cases = [(s, m, None) for s in args.students.split(",") for m in args.methods.split(",")]
     cases += [(s, "vanilla", mode) for s in args.students.split(",") for mode in filter(None, args.compile_modes.split(","))]
     rows = []

@@ -94,7 +94,7 @@ class Case:
         self.graphs = compile == "reduce-overhead"  # CUDA graphs: each step must say it is a new one
         self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
         self.opt = make_optimizer(self.params, rt, lr=1e-4)
-        self.watch = LossWatch(every=1 if rt.device.type == "cpu" else 20)  # as the trainer checks
+        self.watch = LossWatch.for_run(rt, log_every=20)  # as the trainer checks
         n = args.batch
         self.pool_dev = torch.randint(0, 256, (4 * n, 3, args.size, args.size), dtype=torch.uint8, device=rt.device)
         self.frames_dev = self.pool_dev[:n]
@@ -165,16 +165,27 @@ def measure(args: argparse.Namespace, rt: Runtime, teacher: DualBranchTeacher, s
             "gflop_fwd_per_img": case.forward_gflop()}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def case_parser(doc: str | None, steps: int, students: str, methods: str) -> argparse.ArgumentParser:
+    """The options that define ``Case``s (shared with ``profile_step.py``)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", type=int, default=299)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--students", default="res18t,res34t,xception")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--students", default=students)
+    p.add_argument("--methods", default=methods)
     p.add_argument("--teacher-backbone", default="xception")
     p.add_argument("--rotation-dim", type=int, default=1024)
+    return p
+
+
+def frozen_teacher(args: argparse.Namespace, rt: Runtime) -> DualBranchTeacher:
+    """A random-weight teacher laid out as the runner's (its speed does not depend on its weights)."""
+    return prepare_module(DualBranchTeacher(args.teacher_backbone, args.size), rt).eval().requires_grad_(False)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = case_parser(__doc__, steps=20, students="res18t,res34t,xception", methods=",".join(METHODS))
     p.add_argument("--sections", default="a,b,c,d", help="a,b,c,d as above; or 'flops' alone: only count "
                    "each step's forward arithmetic (device-independent, fast on a CPU)")
     p.add_argument("--compile-modes", default="default,reduce-overhead",
@@ -187,9 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.teacher_backbone, args.rotation_dim, args.sections = "res10t", 256, "a,b,c"
     rt = make_runtime(args.device)  # as `kdbench run`: bf16, channels_last, cuDNN benchmark and TF32 on a GPU
     dev, cuda = rt.device, rt.device.type == "cuda"
-    teacher = prepare_module(DualBranchTeacher(args.teacher_backbone, args.size), rt).eval()
-    for q in teacher.parameters():
-        q.requires_grad_(False)
+    teacher = frozen_teacher(args, rt)
     students = args.students.split(",")
     sections = set(args.sections.split(","))
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu", "torch": torch.__version__,

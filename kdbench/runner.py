@@ -22,7 +22,7 @@ from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
 from kdbench.runtime import Runtime, main_first, prepare_module
 from kdbench.teacher_cache import Teacher, TeacherCache
-from kdbench.trainer import fit, to_input
+from kdbench.trainer import fit
 
 Log = Callable[[str], None]
 
@@ -98,9 +98,9 @@ def teacher_source(teacher: Teacher, distiller: Distiller, frames: FrameSet, rt:
     if not taps:
         return {}, None, "none"
     dtype = cache_dtype(rt)
-    with torch.no_grad():  # size each tap's cache from one sample
-        _, probe = teacher.model(to_input(frames.images[:1], rt))
-    sizes = {t: v.numel() * dtype.itemsize * len(frames) for t, v in reduce_taps(probe, taps, reductions).items()}
+    # each tap's cache size, from the shapes the distiller was built with (no teacher forward)
+    sample = {t: torch.zeros(1, *distiller.teacher_shapes[t]) for t in taps}
+    sizes = {t: v.numel() * dtype.itemsize * len(frames) for t, v in reduce_taps(sample, taps, reductions).items()}
     cpu = rt.device.type == "cpu"  # one memory: no separate host tier
     plan = plan_taps(sizes, rt.free_bytes(), 0 if cpu else rt.host_free_bytes())
     cached = [t for t in taps if plan[t] != "online"]
@@ -132,7 +132,7 @@ def online_teacher(model: torch.nn.Module, taps: list[str], reductions: Mapping[
     def online(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=rt.device.type != "cpu"):
             _, all_taps = model(x, wanted=wanted)
-        return {t: v.float().clone() for t, v in reduce_taps(all_taps, taps, reductions).items()}
+        return {t: v.float() for t, v in reduce_taps(all_taps, taps, reductions).items()}
 
     return online
 

@@ -248,7 +248,6 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
                         "sha256": file_sha256(root / "teacher.pt"), "metrics": metrics}
             (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
             log(f"teacher: trained {key_hash} (val acc {res.val['acc']:.2f}, test acc {res.test['acc']:.2f})")
-    model = prepare_module(model, single).eval()  # channels_last on a GPU; never SyncBN (inference only)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    # channels_last on a GPU; never SyncBN (inference only)
+    model = prepare_module(model, single).eval().requires_grad_(False)
     return Teacher(model=model, hash=key_hash, root=root, metrics=metrics, cached=cached)

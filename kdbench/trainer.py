@@ -94,6 +94,11 @@ class LossWatch:
         self.every = max(1, every)
         self.pending: list[tuple[StepInfo, dict[str, Tensor], Tensor]] = []
 
+    @classmethod
+    def for_run(cls, rt: Runtime, log_every: int) -> LossWatch:
+        """Every step on CPU; every ``log_every`` steps (50 when logging is off) on a GPU."""
+        return cls(every=1 if rt.device.type == "cpu" else log_every if log_every > 0 else 50)
+
     def add(self, info: StepInfo, terms: Mapping[str, Tensor], loss: Tensor) -> None:
         self.pending.append((info, {k: v.detach() for k, v in terms.items()}, loss.detach()))
         if len(self.pending) >= self.every:
@@ -210,7 +215,7 @@ def fit(
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     forward = torch.compile(model) if rt.compile else model
     sources = {"frames": train.images, **(features or {})}
-    watch = LossWatch(every=1 if rt.device.type == "cpu" else cfg.log_every if cfg.log_every > 0 else 50)
+    watch = LossWatch.for_run(rt, cfg.log_every)
     with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
         task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
         for epoch in range(start_epoch, cfg.epochs):
