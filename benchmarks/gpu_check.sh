@@ -8,7 +8,8 @@
 #   rotation_cost.py  TOKD's leader update alone per option (riemannian, expm, cayley), d = 256..2048
 #   loss_kernels.py   VID's likelihood and AT's energy: fused reductions vs the elementwise formulas
 #   profile_step.py   res18t's step profiled: kernel launches, GPU busy fraction, TOKD's leader step, the
-#                compiled step's kernels (why compile and TOKD cost what they cost)
+#                compiled step's kernels (why compile and TOKD cost what they cost); and each student's
+#                vanilla step at the gpu128 grid's 128 px, batch 256 (is one grid process enough to fill the GPU?)
 # JSON goes to $OUT (or ./gpu-check-out). `--tiny` runs the same scripts on CPU at a tiny size (tests).
 # To fit a shorter device call: GPU_TESTS=0 skips the tests; SPEED_EXTRA="--students res18t --sections a,d"
 # is appended to speed.py's arguments.
@@ -31,6 +32,7 @@ else
   ROT=(--device cuda --sizes 256 1024 2048 --repeat 10)
   LOSS=(--device cuda --repeat 10)
   PROF=(--device cuda --students res18t --methods vanilla,tokd --compile-modes default)
+  PROF128=(--device cuda --size 128 --batch 256 --students res18t,res34t,xception --methods vanilla)
 fi
 read -ra EXTRA <<< "${SPEED_EXTRA:-}"
 SPEED+=("${EXTRA[@]}")
@@ -43,6 +45,9 @@ status=0  # a failing stage is reported and the next still runs; the exit status
 $PY benchmarks/rotation_cost.py "${ROT[@]}" --json "$OUT/rotation_cost.json" 2>&1 | tee "$OUT/rotation_cost.txt" || status=1
 $PY benchmarks/loss_kernels.py "${LOSS[@]}" --json "$OUT/loss_kernels.json" 2>&1 | tee "$OUT/loss_kernels.txt" || status=1
 $PY benchmarks/profile_step.py "${PROF[@]}" --json "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" || status=1
+if [ -n "${PROF128+x}" ]; then  # the gpu128 grid's steps: does one process keep the GPU busy (gpu_grid.sh's shards)?
+  $PY benchmarks/profile_step.py "${PROF128[@]}" --json "$OUT/profile_step_128.json" 2>&1 | tee "$OUT/profile_step_128.txt" || status=1
+fi
 $PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.txt" || status=1
 echo "gpu_check: done in $(( $(date +%s) - start )) s; JSON in $OUT"
 exit $status

@@ -341,7 +341,9 @@ def results(
     rows = [{"hash": r.hash, "method": r.method, "mode": r.mode, "student": r.student, "dataset": r.dataset,
              "test_dataset": r.test_dataset, "profile": r.profile, "seed": r.seed, "status": r.status,
              **{f"test_{k}": round(v, 4) for k, v in ((r.metrics or {}).get("test") or {}).items()},
-             "wall_time": round(r.wall_time or 0, 1), "error": r.error or ""} for r in recs]
+             "wall_time": round(r.wall_time or 0, 1),
+             **{f"time_{k}": round(v, 2) for k, v in ((r.history or {}).get("runtime") or {}).get("phases", {}).items()},
+             "error": r.error or ""} for r in recs]
     if fmt == "csv":
         keys = list(dict.fromkeys(k for row in rows for k in row))
         writer = csv.DictWriter(sys.stdout, fieldnames=keys)

@@ -27,6 +27,24 @@ from kdbench.trainer import fit
 Log = Callable[[str], None]
 
 
+class PhaseClock:
+    """Wall seconds per phase of a run (data, teacher, features, train...), kept in its record
+    so that a slow grid shows where its time went."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Charge the time since the last lap to ``phase``."""
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._mark, 3)
+        self._mark = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Where a run's artefacts go: the results store, teacher cache and run checkpoints."""
@@ -153,6 +171,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
     put(rec)
     emit("run_start", rec.config, {"hash": run_hash})
     t0 = time.perf_counter()
+    clock = PhaseClock()
     try:
         size = cfg.train.image_size
         # Build the distiller first (from the teacher's architecture, not its weights), so a bad
@@ -164,14 +183,20 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         t_shapes = teachers.shapes(cfg)
         distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
         student = prepare_module(student, rt)
+        clock.lap("setup")
         datasets = datasets or DatasetCache()
         splits = datasets.load(cfg.dataset, size, cfg.data)
         placement = place_frames(splits, rt)
+        # cross-dataset testing: the teacher (trained and tested below) stays the training dataset's
+        cross_test = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"] if cfg.test_dataset else None
+        clock.lap("data")
         teacher = teachers.get(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
-        if cfg.test_dataset:  # cross-dataset testing: the teacher stays the training dataset's
-            splits["test"] = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"]
+        if cross_test is not None:
+            splits["test"] = cross_test
+        clock.lap("teacher")
         features, online_teacher, source = teacher_source(teacher, distiller, splits["train"], rt, log)
+        clock.lap("features")
         log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
@@ -179,14 +204,18 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
                      progress=progress,
                      on_epoch=lambda row: emit("epoch_end", rec.config, row))
+        clock.lap("train")
         if rt.is_main:
             atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
                          "state_dict": result.best_state}, ws.run_dir(run_hash) / "student.pt")
             (ws.run_dir(run_hash) / "state.pt").unlink(missing_ok=True)  # resume state: no longer needed
+        clock.lap("save")
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
-        rec.history = {**result.history, "runtime": {**rt.describe(), "frames": placement, "teacher_features": source}}
+        rec.history = {**result.history, "runtime": {**rt.describe(), "frames": placement, "teacher_features": source,
+                                               "phases": clock.seconds}}
         rec.status = "done"
+        log(f"run {run_hash}: done in {sum(clock.seconds.values()):.1f} s ({clock.summary()})")
     except BaseException as exc:
         rec.status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         rec.error = f"{type(exc).__name__}: {exc}"

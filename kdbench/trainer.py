@@ -248,11 +248,13 @@ def fit(
                     stats = f"ep {epoch + 1}/{cfg.epochs} loss {loss:.4f} {rate:.0f} img/s"
                 bar.update(task, advance=1, **({"stats": stats} if stats else {}))
             watch.check()  # before validation and the checkpoint: a NaN run never saves its state
+            train_time = time.perf_counter() - t0  # the check above waited for the epoch's last step
             sched.step()
             average_buffers(model, rt)
             val_metrics = evaluate(model, val, cfg.eval_batch_size, rt)
-            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_time": time.perf_counter() - t0,
-                   "img_per_s": seen * rt.world / max(time.perf_counter() - t0, 1e-9),
+            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_time": train_time,
+                   "eval_time": time.perf_counter() - t0 - train_time,
+                   "img_per_s": seen * rt.world / max(train_time, 1e-9),
                    **{f"loss_{k}": float(v) / max(seen, 1) for k, v in sums.items()},
                    **{f"val_{k}": v for k, v in val_metrics.items()}}
             history["epochs"].append(row)

@@ -31,3 +31,18 @@ def test_checkpoint_cost_runs(tmp_path):
                            "--repeat", "1", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "BackgroundSaver.save returns after" in proc.stdout and not list(tmp_path.iterdir())
+
+
+def test_gpu_grid_rehearsal_in_two_shards(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": os.sys.executable, "KDBENCH_HOME": str(tmp_path),
+           "GRID_PROFILE": "smoke", "GRID_SHARDS": "2", "GRID_ARGS": "--students res18t --methods vanilla,at",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_grid.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    wall = json.loads((tmp_path / "out" / "grid_wall.json").read_text())
+    assert wall["cells"] == 3 and wall["done"] == 3 and wall["shards"] == 2 and wall["exit"] == 0
+    assert len(list((tmp_path / "teachers").iterdir())) == 1  # the shards shared one teacher
+    runs = (tmp_path / "out" / "runs.csv").read_text()
+    assert "time_train" in runs.splitlines()[0]
+    assert "Res18-T" in (tmp_path / "out" / "table3.md").read_text()

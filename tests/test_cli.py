@@ -1,4 +1,6 @@
 """The command line as a user runs it (subprocesses, real exit codes)."""
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -44,3 +46,9 @@ def test_run_then_cached_teacher_then_results(tmp_path):
     assert listing.returncode == 0
     rows = listing.stdout.strip().splitlines()
     assert len(rows) == 3 and "fitnet,both,res18t" in listing.stdout and "vanilla,rgb,res18t" in listing.stdout
+    runs = list(csv.DictReader(io.StringIO(listing.stdout)))
+    fitnet = next(r for r in runs if r["method"] == "fitnet")
+    phases = {k: float(fitnet[f"time_{k}"]) for k in ("setup", "data", "teacher", "features", "train", "save")}
+    assert phases["teacher"] > 0 and phases["train"] > 0  # this run trained the teacher
+    assert sum(phases.values()) <= float(fitnet["wall_time"]) + 0.1
+    assert "done in" in first.stderr and "train " in first.stderr
