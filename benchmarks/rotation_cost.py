@@ -10,6 +10,11 @@ B captured per-sample gradients (flat latent with D = d):
   evaluates once per step) plus the leader step (backward through the map, A update).
 
 The student network is not involved. fp32, TF32 off (the rotation runs in fp32).
+Two times per step: ``ms`` from an idle GPU to the update's end (sync to sync), and
+``host ms``, how long the call holds the host. A step that reads nothing back
+returns once its kernels are queued (host ms well below ms), so in training the
+host goes on to launch the next step while the GPU runs this one; a step that
+reads a value back holds the host until the GPU has caught up (host ms ~ ms).
 
     python benchmarks/rotation_cost.py --quick                 # a few seconds on CPU
     python benchmarks/rotation_cost.py --device cuda --json results/rotation_cost_h200.json
@@ -55,11 +60,12 @@ def measure(update: str, d: int, batch: int, repeat: int, budget: float, device:
     sync(device)
     warm = time.perf_counter() - start
     runs = max(1, min(repeat, int(budget / max(warm, 1e-9))))
-    times = []
+    times, host = [], []
     for _ in range(runs):
         sync(device)
         start = time.perf_counter()
         one_step(rot, grads, 1e-3)
+        host.append((time.perf_counter() - start) * 1e3)
         sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return {
@@ -68,6 +74,7 @@ def measure(update: str, d: int, batch: int, repeat: int, budget: float, device:
         "batch": batch,
         "ms_median": statistics.median(times),
         "ms_min": min(times),
+        "host_ms_median": statistics.median(host),
         "repeats": runs,
         "orth_err": rot.orthogonality_error(),
     }
@@ -99,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"rotation update cost, K=2 rotations, B={args.batch}, fp32, {device.type} ({name}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'d':>6} {'update':>11} {'median ms':>11} {'min ms':>10} {'runs':>5} {'orth err':>9}")
+    print(f"{'d':>6} {'update':>11} {'median ms':>11} {'min ms':>10} {'host ms':>9} {'runs':>5} {'orth err':>9}")
     for r in results:
         print(f"{r['d']:>6} {r['update']:>11} {r['ms_median']:>11.2f} {r['ms_min']:>10.2f} "
-              f"{r['repeats']:>5} {r['orth_err']:>9.1e}")
+              f"{r['host_ms_median']:>9.2f} {r['repeats']:>5} {r['orth_err']:>9.1e}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": device.type, "device_name": name, "torch": torch.__version__,

@@ -13,9 +13,10 @@ updates (``update``):
 
 * ``riemannian`` (default): R is a buffer. The Euclidean gradient G of L_R
   w.r.t. R is projected to the Lie algebra, Omega = skew(R^T G), and R moves
-  along the geodesic R <- R expm(-lr * step(Omega)) (a gradient-free matrix
-  exponential). QR with a sign fix re-orthonormalises every ``reortho_every``
-  leader steps so float drift cannot accumulate.
+  along the geodesic R <- R exp(-lr * step(Omega)) (``exp_step``: a gradient-free
+  matrix exponential). QR with a sign fix
+  re-orthonormalises every ``reortho_every`` leader steps so float drift cannot
+  accumulate.
 * ``expm``: R = B expm(A - A^T) with A (strict lower triangle) a parameter and
   B a buffer: RotoGrad's geotorch trivialisation; autograd through matrix_exp.
 * ``cayley``: R = B (I - S/2)^{-1} (I + S/2), S = A - A^T; autograd through solve.
@@ -23,6 +24,11 @@ updates (``update``):
 Maps and updates run in float32 with autocast off. The leader optimiser (SGD or
 Adam, weight decay 0) is ours, acting on Omega (riemannian) or on A; its state
 and step counters travel in ``get_extra_state`` so checkpoints resume exactly.
+At the defaults (riemannian, SGD, cosine L_R) a leader step reads nothing back to
+the host: a step with non-finite gradients is skipped on the device
+(``torch.where``), its counters are device tensors, and ``exp_step`` picks its
+degree from a host-side bound. So on a GPU the step does not hold the host until
+the backward has run.
 """
 from __future__ import annotations
 
@@ -58,6 +64,63 @@ def expm_each(S: Tensor) -> Tensor:
     if S.is_cuda:
         return torch.linalg.matrix_exp(S)
     return torch.stack([torch.linalg.matrix_exp(x) for x in S.unbind(0)])
+
+
+UNIT_ROUNDOFF = 2.0**-24  # float32
+
+
+def taylor_radius(degree: int) -> float:
+    """The largest norm at which the degree-m Taylor polynomial of exp is exact to float32:
+    its remainder, at most about r^(m+1)/(m+1)! for any submultiplicative norm r, stays
+    below half a unit roundoff."""
+    return (UNIT_ROUNDOFF / 2 * math.factorial(degree + 1)) ** (1.0 / (degree + 1))
+
+
+TAYLOR_DEGREES = (4, 8, 12)
+
+
+def taylor_exp(X: Tensor, degree: int) -> Tensor:
+    """The degree-m Taylor polynomial of exp for a (K, d, d) stack, by Paterson-Stockmeyer:
+    about 2 sqrt(m) matrix products (2 for m = 4, 4 for m = 8, 5 for m = 12)."""
+    q = math.isqrt(degree - 1) + 1  # ceil(sqrt(m)): powers X^1..X^q, then Horner in X^q
+    powers = [X]
+    for _ in range(q - 1):
+        powers.append(powers[-1] @ X)
+    c = [1.0 / math.factorial(k) for k in range(degree + 1)]
+
+    def block(k: int) -> Tensor:  # sum_j c_{k+j} X^j, j < q (X^q itself only in the top block)
+        top = min(q if k + q == degree else q - 1, degree - k)
+        B = sum(c[k + j] * powers[j - 1] for j in range(1, top + 1)) if top > 0 else torch.zeros_like(X)
+        B.diagonal(dim1=-2, dim2=-1).add_(c[k])
+        return B
+
+    starts = list(range(0, degree + 1, q))
+    if starts[-1] == degree and degree > 0:  # a lone c_m I block is folded into the one below
+        starts.pop()
+    out = block(starts[-1])
+    for k in reversed(starts[:-1]):
+        out = torch.baddbmm(block(k), powers[-1], out)
+    return out
+
+
+def exp_step(S: Tensor, bound: float | None) -> Tensor:
+    """exp(S) of each (d, d) leader step of a (K, d, d) stack, given ``bound`` >= every step's
+    Frobenius norm, known on the host from the step's own formula (``Rotation._step_bound``).
+
+    With the bound, the Taylor degree and the number of squarings are chosen on the host
+    (scaling and squaring), so nothing is read back: ``torch.linalg.matrix_exp`` reads the
+    norms to choose its degree, which on a GPU is a sync per leader step that idles the GPU
+    while the host launches what follows. Typical TOKD steps need degree 4 and no squaring
+    (two products, what matrix_exp picks for them). ``bound=None`` falls back to matrix_exp."""
+    if bound is None:
+        return expm_each(S)
+    squarings = max(0, math.ceil(math.log2(bound / taylor_radius(12)))) if bound > 0 else 0
+    scaled = bound / 2**squarings
+    degree = next(m for m in TAYLOR_DEGREES if scaled <= taylor_radius(m) or m == TAYLOR_DEGREES[-1])
+    E = taylor_exp(S / 2**squarings, degree)
+    for _ in range(squarings):
+        E = E @ E
+    return E
 
 
 def haar_rotation(k: int, d: int, generator: torch.Generator | None = None) -> Tensor:
@@ -97,22 +160,28 @@ class LeaderOptimizer:
         self.m: Tensor | None = None
         self.v: Tensor | None = None
 
-    def direction(self, grad: Tensor) -> Tensor:
-        self.t += 1
+    def direction(self, grad: Tensor, keep: Tensor | None = None) -> Tensor:
+        """The step direction for ``grad``. ``keep`` (a 0-dim bool on grad's device) False skips the
+        step: zero direction, state untouched, decided on the device (no host read)."""
+        if keep is None:
+            keep = torch.ones((), dtype=torch.bool, device=grad.device)
+        if not isinstance(self.t, Tensor):  # a fill, not a copy from the host (which would sync)
+            self.t = torch.full((), float(self.t), dtype=torch.float64, device=grad.device)  # f64: 1 - 0.999**t
+        self.t = self.t.to(grad.device) + keep
         if self.kind == "sgd":
-            return grad
+            return torch.where(keep, grad, 0.0)
         b1, b2 = self.betas
         if self.m is None:
             self.m, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
-        self.m, self.v = self.m.to(grad.device), self.v.to(grad.device)
-        self.m.mul_(b1).add_(grad, alpha=1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.m / (1 - b1**self.t)
+        m, v = self.m.to(grad.device), self.v.to(grad.device)
+        self.m = torch.where(keep, b1 * m + (1 - b1) * grad, m)
+        self.v = torch.where(keep, b2 * v + (1 - b2) * grad * grad, v)
+        m_hat = self.m / (1 - b1**self.t)  # t = 0 (every step so far skipped) gives 0/0, discarded below
         v_hat = self.v / (1 - b2**self.t)
-        return m_hat / (v_hat.sqrt() + self.eps)  # skew in, skew out (elementwise ops, v symmetric)
+        return torch.where(keep, m_hat / (v_hat.sqrt() + self.eps), 0.0)  # skew in, skew out (v symmetric)
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "t": self.t, "m": self.m, "v": self.v}
+        return {"kind": self.kind, "t": int(self.t), "m": self.m, "v": self.v}
 
     def load_state_dict(self, state: dict) -> None:
         if state["kind"] != self.kind:
@@ -123,12 +192,13 @@ class LeaderOptimizer:
 
 @dataclass
 class LeaderResult:
-    """What one leader step saw: v^k = R_k^T g~_k (pre-update R), the target, L_R, and whether it was skipped."""
+    """What one leader step saw: v^k = R_k^T g~_k (pre-update R), the target, L_R, and whether it
+    was skipped (a 0-dim bool tensor: reading it is a host sync, so the trainer never does)."""
 
     v: list[Tensor]
     target: Tensor | None
     loss: Tensor | None
-    skipped: bool
+    skipped: Tensor | bool
 
 
 class Rotation(nn.Module):
@@ -160,9 +230,11 @@ class Rotation(nn.Module):
             self.A = nn.Parameter(torch.zeros(num, dim, dim))
             self.register_buffer("base", start)
         self.opt = LeaderOptimizer(optimizer)
-        self.leader_steps = 0  # updates applied
-        self.skipped_steps = 0  # updates skipped (non-finite gradients)
-        self.since_reortho = 0
+        # device counters (in the extra state, not the state dict): updates applied and skipped
+        # (non-finite gradients)
+        for counter in ("leader_steps", "skipped_steps"):
+            self.register_buffer(counter, torch.zeros((), dtype=torch.long), persistent=False)
+        self.since_reortho = 0  # leader steps (applied or skipped) since the last re-orthonormalisation
 
     # -- the map ----------------------------------------------------------
     def leader_parameters(self) -> tuple[nn.Parameter, ...]:
@@ -275,34 +347,49 @@ class Rotation(nn.Module):
         """One leader update (Eq. 13-16) from captured gradients; see ``leader_gradient``.
 
         Non-finite gradients skip the update (R and the optimiser state unchanged): a NaN or
-        inf in a captured gradient makes L_R and so G non-finite, and G is read once (the
-        step's only host sync). Under torch.distributed G is averaged across ranks first (a
-        non-finite rank poisons the average, so every rank skips together): all ranks keep the same R."""
+        inf in a captured gradient makes L_R and so G non-finite. The skip is decided on the
+        device, so the step never waits for the GPU. Under torch.distributed G is averaged
+        across ranks first (a non-finite rank poisons the average, so every rank skips
+        together): all ranks keep the same R."""
         G, result = self.leader_gradient(grads, matrices, target, loss)
         if dist.is_available() and dist.is_initialized():  # identical R on every rank: average G
             dist.all_reduce(G)
             G /= dist.get_world_size()
-        if not bool(torch.isfinite(G).all()):
-            self.skipped_steps += 1
-            result.skipped = True
-            return result
-        self._update(G, lr)
+        finite = torch.isfinite(G).all()
+        self._update(torch.where(finite, G, 0.0), lr, finite, self._step_bound(lr, len(grads[0]), loss))
+        self.skipped_steps.add_(~finite)
+        result.skipped = ~finite
         return result
+
+    def _step_bound(self, lr: float, rows: int, loss: str) -> float | None:
+        """A host-side bound on the Frobenius norm of the riemannian SGD step lr * Omega, from
+        which ``exp_step`` picks its degree without reading the step. For the cosine L_R,
+        G_k = -sum_n w_kn g~_kn[:d] t_n[:d]^T is a sum of ``rows`` outer products of norm <= 1
+        (w_kn = 1 / (|g~_kn| |t_n|)), so ||Omega_k|| <= ||R_k^T G_k|| <= rows (1 % kept for R's
+        drift off SO(d)); at the defaults (lr 1e-3) the bound needs no squaring up to 1,400 rows.
+        None (matrix_exp, one host read) for the other loss; for Adam, whose only bound on its
+        step (7.3 per entry) is so loose that the squarings it asks for cost accuracy at large
+        d; and under torch.distributed, where ranks may hold one row more or less and must
+        still pick the same degree."""
+        if loss != "cos" or self.opt.kind != "sgd" or (dist.is_available() and dist.is_initialized()):
+            return None
+        return lr * 1.01 * rows
 
     @torch.no_grad()
     @ieee_fp32()
-    def _update(self, G: Tensor, lr: float) -> None:
+    def _update(self, G: Tensor, lr: float, keep: Tensor, bound: float | None = None) -> None:
         if self.update == "riemannian":
             R = self.R
             M = R.transpose(-2, -1) @ G
             omega = 0.5 * (M - M.transpose(-2, -1))  # Riemannian gradient, left-trivialised
-            self.R.copy_(R @ expm_each(-lr * self.opt.direction(omega)))
+            E = exp_step(-lr * self.opt.direction(omega, keep), bound)
+            self.R.copy_(torch.where(keep, R @ E, R))
             self.since_reortho += 1
             if self.reortho_every > 0 and self.since_reortho >= self.reortho_every:
                 self.reorthonormalize()
         else:
-            self.A.sub_(lr * self.opt.direction(G))
-        self.leader_steps += 1
+            self.A.sub_(lr * self.opt.direction(G, keep))
+        self.leader_steps.add_(keep)
 
     # -- diagnostics & checkpoints --------------------------------------------
     @torch.no_grad()
@@ -317,14 +404,15 @@ class Rotation(nn.Module):
         return float((R.transpose(-2, -1) @ R - torch.eye(self.d, dtype=R.dtype, device=R.device)).abs().max())
 
     def get_extra_state(self) -> dict:
-        return {"update": self.update, "opt": self.opt.state_dict(), "leader_steps": self.leader_steps,
-                "skipped_steps": self.skipped_steps, "since_reortho": self.since_reortho}
+        return {"update": self.update, "opt": self.opt.state_dict(), "leader_steps": int(self.leader_steps),
+                "skipped_steps": int(self.skipped_steps), "since_reortho": self.since_reortho}
 
     def set_extra_state(self, state: dict) -> None:
         if state["update"] != self.update:
             raise DistillerError(f"checkpoint has rotation_update={state['update']!r}, this run uses {self.update!r}")
         self.opt.load_state_dict(state["opt"])
-        self.leader_steps, self.skipped_steps = int(state["leader_steps"]), int(state["skipped_steps"])
+        for counter in ("leader_steps", "skipped_steps"):
+            getattr(self, counter).fill_(int(state[counter]))
         self.since_reortho = int(state["since_reortho"])
 
     def extra_repr(self) -> str:

@@ -1,6 +1,7 @@
 """The GPU path against the CPU path (skipped without CUDA; `benchmarks/gpu_check.sh` runs it
 first on the GPU machine): same numbers within tolerance, the pinned/streamed feeder, the
-placement tiers of frames and teacher features, the deferred NaN check."""
+placement tiers of frames and teacher features, the deferred NaN check, and training steps that
+never wait for the GPU (CUDA's sync debug mode set to error)."""
 
 import pytest
 import torch
@@ -62,6 +63,60 @@ def test_batched_matrix_exp_on_cuda_matches_one_call_per_matrix():
     S = A - A.transpose(-2, -1)
     single = torch.stack([torch.linalg.matrix_exp(s) for s in S.double()])
     assert rel(expm_each(S), single) < 1e-5
+
+
+def test_leader_step_never_waits_for_the_gpu():
+    """TOKD's leader step (its defaults: riemannian, SGD, cosine L_R) decides skips on the device
+    and exponentiates without reading norms (exp_step), so the host can launch the next step
+    while the GPU still runs the backward."""
+    from kdbench.rotation import Rotation
+
+    rot = Rotation((64, 4, 4), 1024).cuda()
+    grads = [torch.randn(64, 1024, device="cuda") for _ in range(2)]
+    rot.leader_step(grads, 1e-3)  # first call: cuBLAS handles, the optimiser state
+    before = rot.R.clone()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            rot.leader_step(grads, 1e-3)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert int(rot.leader_steps) == 4 and not torch.equal(rot.R, before)
+    assert rot.orthogonality_error() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["vanilla", "tokd"])
+def test_a_training_step_that_does_not_log_never_syncs(method):
+    """The trainer's step on GPU-resident data (bf16, channels_last, fused Adam, the deferred NaN
+    check), TOKD's leader step included: nothing in it reads device values back to the host."""
+    rt = gpu("bf16")
+    torch.manual_seed(0)
+    t, s = DualBranchTeacher("res10t", SIZE).eval(), build_student("res18t")
+    d = None if method == "vanilla" else create_distiller(
+        method, "both", probe_shapes(s, SIZE), probe_shapes(t, SIZE), rotation_dim=256)
+    s, t = prepare_module(s, rt), prepare_module(t, rt)
+    d = prepare_module(d, rt) if d is not None else None
+    params = [*s.parameters(), *(d.student_parameters() if d is not None else [])]
+    opt = make_optimizer(params, rt, lr=1e-4)
+    x = to_input(torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, device="cuda"), rt)
+    y = torch.arange(8, device="cuda") % 2
+    feats = {}
+    if d is not None:
+        with torch.no_grad():
+            _, taps = t(x)
+        feats = {k: v.to(torch.bfloat16) for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
+    watch = LossWatch(every=50)
+    info = StepInfo(step=1, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-4, base_lr=1e-4, log=False)
+    train_step(s, d, opt, params, rt, x, y, feats, info, watch)  # warm-up: allocations, autotuning
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            train_step(s, d, opt, params, rt, x, y, feats, info, watch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    watch.check()
 
 
 @pytest.mark.parametrize("update", ["riemannian", "expm", "cayley"])

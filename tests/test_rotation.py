@@ -15,10 +15,13 @@ from kdbench.distiller import DistillerError
 from kdbench.rotation import (
     LeaderOptimizer,
     Rotation,
+    exp_step,
     haar_rotation,
     orthonormalize,
     skew_of,
     target_vector,
+    taylor_exp,
+    taylor_radius,
 )
 
 UPDATES = ("riemannian", "expm", "cayley")
@@ -392,7 +395,7 @@ def test_rotation_products_run_in_full_fp32_and_restore_the_setting():
         seen = []
         rot = Rotation((4, 2, 2), 16, update="riemannian")
         real = rot.opt.direction
-        rot.opt.direction = lambda g: (seen.append(matmul.fp32_precision), real(g))[1]
+        rot.opt.direction = lambda g, keep: (seen.append(matmul.fp32_precision), real(g, keep))[1]
         gr, gf = conflicting(4, 16)
         rot.leader_step([gr, gf], 0.1)
         assert seen == ["ieee"] and matmul.fp32_precision == "tf32"
@@ -420,3 +423,66 @@ def test_closed_form_cos_gradient_equals_autograd(d, target):
     assert torch.allclose(G, expected, rtol=1e-5, atol=1e-6)
     assert torch.allclose(res.loss, L.detach(), rtol=1e-6) and torch.allclose(res.target, tgt)
     assert all(torch.equal(a, b) for a, b in zip(res.v, v))
+
+
+# the leader's matrix exponential without a host read: Taylor degree and squarings from a host bound
+@pytest.mark.parametrize("degree", [4, 8, 12])
+def test_taylor_exp_is_exact_to_float32_within_its_radius(degree):
+    A = torch.randn(2, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    S = A - A.mT
+    S = S * (taylor_radius(degree) / S.norm(dim=(1, 2)))[:, None, None]  # Frobenius norm at the radius
+    exact = torch.linalg.matrix_exp(S)
+    assert (taylor_exp(S, degree) - exact).abs().max() < 6e-8  # the truncation alone, in float64
+    assert (taylor_exp(S.float(), degree).double() - exact).abs().max() < 2e-6
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.5, 3.0, 40.0])  # no squaring .. several squarings
+def test_exp_step_matches_matrix_exp_given_a_bound(scale):
+    A = torch.randn(2, 32, 32, generator=torch.Generator().manual_seed(4))
+    S = A - A.mT
+    S = S * (scale / S.norm(dim=(1, 2)))[:, None, None]
+    E = exp_step(S, bound=scale * 1.5)
+    assert torch.allclose(E.double(), torch.linalg.matrix_exp(S.double()), atol=5e-6 * max(1.0, scale))
+    assert torch.equal(exp_step(S, None), torch.stack([torch.linalg.matrix_exp(x) for x in S]))
+
+
+def test_the_sgd_step_bound_holds():
+    """The bound exp_step trusts: aligned, opposed and exploding gradients never give a step
+    longer than it (a wrong bound would silently truncate the exponential)."""
+    torch.manual_seed(5)
+    B, d = 8, 12
+    rot = Rotation((3, 2, 2), d)
+    bound = rot._step_bound(1.0, B, "cos")
+    worst = 0.0
+    for i in range(60):
+        gr = torch.randn(B, d) * (1e3 if i % 7 == 0 else 1e-3)
+        gf = gr.clone() if i < 20 else -gr + 0.01 * torch.randn(B, d)
+        if i == 59:  # every sample the same direction: the outer products add up
+            gr = gf = torch.ones(B, d)
+        G, _ = rot.leader_gradient([gr, gf])
+        M = rot.R.mT @ G
+        worst = max(worst, float(rot.opt.direction(0.5 * (M - M.mT)).norm(dim=(1, 2)).max()))
+    assert worst <= bound
+    assert rot._step_bound(1.0, B, "rotograd_mse") is None and Rotation((3, 2, 2), d, optimizer="adam")._step_bound(
+        1.0, B, "cos") is None
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_leader_step_reads_nothing_back_to_the_host(monkeypatch, optimizer):
+    """On a GPU every read of a tensor's value waits for the backward; the leader step takes
+    its skip decision and counts on the device (tests/test_gpu.py checks CUDA's own syncs)."""
+    rot = Rotation((4, 2, 2), 16, optimizer=optimizer)
+    gr, gf = conflicting(4, 16)
+    bad = gr.clone()
+    bad[0, 0] = float("nan")
+
+    def refuse(*_args):
+        raise AssertionError("host read of a tensor during the leader step")
+
+    with monkeypatch.context() as patch:
+        for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
+            patch.setattr(torch.Tensor, name, refuse)
+        results = [rot.leader_step(g, 0.1) for g in ([gr, gf], [bad, gf], [gr, gf])]
+    assert [bool(r.skipped) for r in results] == [False, True, False]
+    assert int(rot.leader_steps) == 2 and int(rot.skipped_steps) == 1 and rot.opt.state_dict()["t"] == 2
+    so_check(rot.R)
