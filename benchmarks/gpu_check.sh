@@ -38,16 +38,23 @@ read -ra EXTRA <<< "${SPEED_EXTRA:-}"
 SPEED+=("${EXTRA[@]}")
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 start=$(date +%s)
-if [ "${1:-}" != "--tiny" ] && [ "${GPU_TESTS:-1}" != 0 ]; then  # a failing check is reported, and the figures are still taken
-  $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || true
-fi
 status=0  # a failing stage is reported and the next still runs; the exit status says one failed
-$PY benchmarks/rotation_cost.py "${ROT[@]}" --json "$OUT/rotation_cost.json" 2>&1 | tee "$OUT/rotation_cost.txt" || status=1
-$PY benchmarks/loss_kernels.py "${LOSS[@]}" --json "$OUT/loss_kernels.json" 2>&1 | tee "$OUT/loss_kernels.txt" || status=1
-$PY benchmarks/profile_step.py "${PROF[@]}" --json "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" || status=1
-if [ -n "${PROF128+x}" ]; then  # the gpu128 grid's steps: does one process keep the GPU busy (gpu_grid.sh's shards)?
-  $PY benchmarks/profile_step.py "${PROF128[@]}" --json "$OUT/profile_step_128.json" 2>&1 | tee "$OUT/profile_step_128.txt" || status=1
+stage() {  # stage NAME COMMAND...: output to $OUT/NAME.txt, its seconds to $OUT/stages.txt
+  local t0=$(date +%s)
+  "${@:2}" 2>&1 | tee "$OUT/$1.txt" || status=1
+  echo "$1: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/stages.txt"
+}
+: > "$OUT/stages.txt"
+if [ "${1:-}" != "--tiny" ] && [ "${GPU_TESTS:-1}" != 0 ]; then  # a failing check is reported, and the figures are still taken
+  stage gpu_tests $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py
+  status=0
 fi
-$PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.txt" || status=1
+stage rotation_cost $PY benchmarks/rotation_cost.py "${ROT[@]}" --json "$OUT/rotation_cost.json"
+stage loss_kernels $PY benchmarks/loss_kernels.py "${LOSS[@]}" --json "$OUT/loss_kernels.json"
+stage profile_step $PY benchmarks/profile_step.py "${PROF[@]}" --json "$OUT/profile_step.json"
+if [ -n "${PROF128+x}" ]; then  # the gpu128 grid's steps: does one process keep the GPU busy (gpu_grid.sh's shards)?
+  stage profile_step_128 $PY benchmarks/profile_step.py "${PROF128[@]}" --json "$OUT/profile_step_128.json"
+fi
+stage speed $PY benchmarks/speed.py "${SPEED[@]}" --json "$OUT/speed.json"
 echo "gpu_check: done in $(( $(date +%s) - start )) s; JSON in $OUT"
 exit $status
