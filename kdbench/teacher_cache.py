@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -233,7 +234,7 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
             model, metrics, cached = None, {}, False
         if model is None:
             log(f"teacher: training {key_hash} ({cfg.teacher.backbone} branches, {cfg.teacher.epochs} epochs)")
-            t = cfg.teacher
+            t, t0 = cfg.teacher, time.perf_counter()
             torch.manual_seed(t.seed)
             model = prepare_module(build_teacher(cfg), single)
             tcfg = TrainConfig(image_size=cfg.train.image_size, epochs=t.epochs, batch_size=t.batch_size,
@@ -242,12 +243,14 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
             res = fit(model, splits["train"], splits["val"], splits["test"], tcfg, seed=t.seed, rt=single,
                       label="teacher", progress=progress)
             metrics = {"best_epoch": res.best_epoch, "val": res.val, "test": res.test,
-                       "params": sum(p.numel() for p in model.parameters())}
+                       "params": sum(p.numel() for p in model.parameters()),
+                       "train_s": round(time.perf_counter() - t0, 1)}
             atomic_save(res.best_state, root / "teacher.pt")
             manifest = {"format": TEACHER_FORMAT, "hash": key_hash, "key": teacher_key(cfg),
                         "sha256": file_sha256(root / "teacher.pt"), "metrics": metrics}
             (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-            log(f"teacher: trained {key_hash} (val acc {res.val['acc']:.2f}, test acc {res.test['acc']:.2f})")
+            log(f"teacher: trained {key_hash} in {metrics['train_s']:.0f} s (val acc {res.val['acc']:.2f}, "
+                f"test acc {res.test['acc']:.2f})")
     # channels_last on a GPU; never SyncBN (inference only)
     model = prepare_module(model, single).eval().requires_grad_(False)
     return Teacher(model=model, hash=key_hash, root=root, metrics=metrics, cached=cached)
