@@ -14,9 +14,8 @@ updates (``update``):
 * ``riemannian`` (default): R is a buffer. The Euclidean gradient G of L_R
   w.r.t. R is projected to the Lie algebra, Omega = skew(R^T G), and R moves
   along the geodesic R <- R exp(-lr * step(Omega)) (``exp_step``: a gradient-free
-  matrix exponential). QR with a sign fix
-  re-orthonormalises every ``reortho_every`` leader steps so float drift cannot
-  accumulate.
+  matrix exponential). QR with a sign fix re-orthonormalises every
+  ``reortho_every`` leader steps so float drift cannot accumulate.
 * ``expm``: R = B expm(A - A^T) with A (strict lower triangle) a parameter and
   B a buffer: RotoGrad's geotorch trivialisation; autograd through matrix_exp.
 * ``cayley``: R = B (I - S/2)^{-1} (I + S/2), S = A - A^T; autograd through solve.

@@ -212,8 +212,8 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         clock.lap("save")
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
-        rec.history = {**result.history, "runtime": {**rt.describe(), "frames": placement, "teacher_features": source,
-                                               "phases": clock.seconds}}
+        runtime = {**rt.describe(), "frames": placement, "teacher_features": source, "phases": clock.seconds}
+        rec.history = {**result.history, "runtime": runtime}
         rec.status = "done"
         log(f"run {run_hash}: done in {sum(clock.seconds.values()):.1f} s ({clock.summary()})")
     except BaseException as exc:
