@@ -90,10 +90,17 @@ def expand(
 
 
 def shard(cells: Iterable[Cell], index: int, count: int) -> list[Cell]:
-    """Cells of shard ``index`` (1-based) of ``count``: a stable split by config hash."""
+    """Cells of shard ``index`` (1-based) of ``count``, in grid order. The cells, ranked by
+    (student, method, mode, hash), are dealt round-robin, so every shard gets the same number of
+    cells (within one) and a like share of each student and method: shards run at once finish
+    together. The split depends only on the set of cells, so the processes or machines
+    running one grid command get disjoint shares that cover it."""
     if count < 1 or not 1 <= index <= count:
         raise ConfigError(f"--shard must be i/n with 1 <= i <= n, got {index}/{count}")
-    return [c for c in cells if int(c.cfg.hash, 16) % count == index - 1]
+    cells = list(cells)
+    ranked = sorted(cells, key=lambda c: (c.cfg.student, c.cfg.method, c.cfg.mode, c.cfg.hash))
+    mine = {c.cfg.hash for c in ranked[index - 1::count]}
+    return [c for c in cells if c.cfg.hash in mine]
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

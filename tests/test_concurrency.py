@@ -21,3 +21,18 @@ def test_two_shards_share_one_store(tmp_path):
     assert len(teachers) == 1  # trained once, shared by both shards
     again = subprocess.run([*base, "--dry-run"], env=env, capture_output=True, text=True)
     assert "4 cells, 4 done, 0 to run" in again.stdout
+
+
+def test_shards_split_a_grid_evenly_and_disjointly():
+    from collections import Counter
+
+    from kdbench.grid import expand, shard
+
+    cells = expand("table3", profile="gpu128", seeds=[0])
+    shares = [shard(cells, i, 3) for i in (1, 2, 3)]
+    hashes = [c.cfg.hash for share in shares for c in share]
+    assert sorted(hashes) == sorted(c.cfg.hash for c in cells)  # disjoint, and they cover the grid
+    assert [len(s) for s in shares] == [13, 13, 13]
+    for share in shares:  # each student's runs spread over the shards: no shard holds all the Xceptions
+        assert max(Counter(c.cfg.student for c in share).values()) <= 5
+        assert [c.cfg.hash for c in share] == [c.cfg.hash for c in cells if c in share]  # grid order kept
