@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,6 +25,9 @@ from torch import Tensor
 
 from kdbench_plugins.at import at_energy
 from kdbench_plugins.vid import gaussian_nll
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py's timer
+from speed import timed  # noqa: E402
 
 # (C, H, W) of a 299 px Xception's stage1..stage4 maps
 SHAPES = ((128, 74, 74), (256, 37, 37), (728, 19, 19), (2048, 10, 10))
@@ -37,20 +39,6 @@ def nll_elementwise(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
 
 def energy_elementwise(feature: Tensor) -> Tensor:
     return feature.pow(2).mean(1, keepdim=True)
-
-
-def timed(fn: Callable[[], Tensor], device: torch.device, repeat: int) -> float:
-    def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn().backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-
-    once()  # warm-up
-    return statistics.median(once() for _ in range(repeat))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -92,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                    ("at_energy", at(at_energy), at(energy_elementwise))):
             a, b = fused().item(), plain().item()
             assert abs(a - b) <= 1e-2 * abs(b), (name, a, b)  # the same number, to bf16 precision
-            tf, tp = timed(fused, device, args.repeat), timed(plain, device, args.repeat)
+            tf, tp = (timed(lambda f=f: f().backward(), args.repeat, device, warmup=1) for f in (fused, plain))
             rows.append({"loss": name, "map": f"{n}x{c}x{h}x{w}", "fused_ms": tf * 1e3,
                          "elementwise_ms": tp * 1e3, "speedup": tp / tf})
     from tabulate import tabulate

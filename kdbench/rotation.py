@@ -87,9 +87,9 @@ def taylor_exp(X: Tensor, degree: int) -> Tensor:
         powers.append(powers[-1] @ X)
     c = [1.0 / math.factorial(k) for k in range(degree + 1)]
 
-    def block(k: int) -> Tensor:  # sum_j c_{k+j} X^j, j < q (X^q itself only in the top block)
-        top = min(q if k + q == degree else q - 1, degree - k)
-        B = sum(c[k + j] * powers[j - 1] for j in range(1, top + 1)) if top > 0 else torch.zeros_like(X)
+    def block(k: int) -> Tensor:  # sum_j c_{k+j} X^j: j < q, except in the top block, which runs to the degree
+        top = degree - k if k + q >= degree else q - 1
+        B = sum(c[k + j] * powers[j - 1] for j in range(1, top + 1))
         B.diagonal(dim1=-2, dim2=-1).add_(c[k])
         return B
 
@@ -355,7 +355,7 @@ class Rotation(nn.Module):
             dist.all_reduce(G)
             G /= dist.get_world_size()
         finite = torch.isfinite(G).all()
-        self._update(torch.where(finite, G, 0.0), lr, finite, self._step_bound(lr, len(grads[0]), loss))
+        self._update(G, lr, finite, self._step_bound(lr, len(grads[0]), loss))
         self.skipped_steps.add_(~finite)
         result.skipped = ~finite
         return result
@@ -381,8 +381,8 @@ class Rotation(nn.Module):
             R = self.R
             M = R.transpose(-2, -1) @ G
             omega = 0.5 * (M - M.transpose(-2, -1))  # Riemannian gradient, left-trivialised
-            E = exp_step(-lr * self.opt.direction(omega, keep), bound)
-            self.R.copy_(torch.where(keep, R @ E, R))
+            # a skipped step's direction is zero (``direction``), so E = I exactly and R stays as it is
+            self.R.copy_(R @ exp_step(-lr * self.opt.direction(omega, keep), bound))
             self.since_reortho += 1
             if self.reortho_every > 0 and self.since_reortho >= self.reortho_every:
                 self.reorthonormalize()

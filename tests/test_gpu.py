@@ -8,16 +8,16 @@ import torch
 
 from kdbench.config import resolve
 from kdbench.data.feeder import feed
-from kdbench.distiller import StepInfo, reduce_taps
+from kdbench.distiller import StepInfo
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
-from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
 from kdbench.rotation import expm_each
 from kdbench.runner import Workspace, run
 from kdbench.runtime import Runtime, allow_tf32, prepare_module
 from kdbench.store import ResultsStore
 from kdbench.trainer import LossWatch, TrainingError, make_optimizer, to_input, train_step
+from step_factory import step_case  # tests/ has no __init__.py, so pytest puts it on sys.path
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -92,22 +92,10 @@ def test_a_training_step_that_does_not_log_never_syncs(method):
     check), each distiller's loss and TOKD's leader step included: nothing in it reads device
     values back to the host."""
     rt = gpu("bf16")
-    torch.manual_seed(0)
-    t, s = DualBranchTeacher("res10t", SIZE).eval(), build_student("res18t")
-    hp = {"rotation_dim": 256} if method == "tokd" else {}
-    d = None if method == "vanilla" else create_distiller(
-        method, "both", probe_shapes(s, SIZE), probe_shapes(t, SIZE), **hp)
-    s, t = prepare_module(s, rt), prepare_module(t, rt)
-    d = prepare_module(d, rt) if d is not None else None
-    params = [*s.parameters(), *(d.student_parameters() if d is not None else [])]
+    frames = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, device="cuda")
+    s, d, params, x, feats = step_case(method, rt, frames, cache_dtype=torch.bfloat16)
     opt = make_optimizer(params, rt, lr=1e-4)
-    x = to_input(torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, device="cuda"), rt)
     y = torch.arange(8, device="cuda") % 2
-    feats = {}
-    if d is not None:
-        with torch.no_grad():
-            _, taps = t(x)
-        feats = {k: v.to(torch.bfloat16) for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
     watch = LossWatch(every=50)
     info = StepInfo(step=1, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-4, base_lr=1e-4, log=False)
     train_step(s, d, opt, params, rt, x, y, feats, info, watch)  # warm-up: allocations, autotuning
@@ -141,27 +129,13 @@ def test_rotations_stay_on_so_d_with_tf32_on(update):
 def test_one_training_step_matches_cpu(method):
     """Each distiller's first step on the GPU (fp32, channels_last) gives the CPU's loss terms
     and gradients; in bf16 autocast the terms agree to bf16 precision."""
-    mode = "rgb" if method == "vanilla" else "both"
-    hp = {"rotation_dim": 256} if method == "tokd" else {}
     frames = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     y = torch.arange(8) % 2
     info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-4, base_lr=1e-4, log=False)
 
     def step(rt):
-        torch.manual_seed(0)  # the same initial weights on every device
-        t, s = DualBranchTeacher("res10t", SIZE).eval(), build_student("res18t")
-        d = None if method == "vanilla" else create_distiller(
-            method, mode, probe_shapes(s, SIZE), probe_shapes(t, SIZE), **hp)
-        s, t = prepare_module(s, rt), prepare_module(t, rt)
-        d = prepare_module(d, rt) if d is not None else None
-        params = [*s.parameters(), *(d.student_parameters() if d is not None else [])]
+        s, d, params, x, feats = step_case(method, rt, frames)  # the same initial weights on every device
         opt = make_optimizer(params, rt, lr=1e-4)
-        x = to_input(frames, rt)
-        feats = {}
-        if d is not None:
-            with torch.no_grad():
-                _, taps = t(x)
-            feats = {k: v.float() for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
         terms, _ = train_step(s, d, opt, params, rt, x, y.to(rt.device), feats, info, LossWatch())
         grads = torch.cat([p.grad.detach().float().flatten().cpu() for p in params if p.grad is not None])
         return {k: v.detach().float().cpu() for k, v in terms.items()}, grads

@@ -1,0 +1,39 @@
+"""What ``train_step`` needs for one distiller: a res18t student, a res10t teacher's cached taps.
+
+Shared by the tests that take single training steps on a runtime (the GPU against the CPU,
+host reads refused, CUDA's sync debug mode)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.distiller import Distiller, reduce_taps
+from kdbench.models.students import build_student
+from kdbench.models.taps import probe_shapes
+from kdbench.models.teacher import DualBranchTeacher
+from kdbench.plugins import create_distiller
+from kdbench.runtime import Runtime, prepare_module
+from kdbench.trainer import to_input
+
+
+def step_case(method: str, rt: Runtime, frames: Tensor, rotation_dim: int = 256,
+              cache_dtype: torch.dtype = torch.float32
+              ) -> tuple[nn.Module, Distiller | None, list[nn.Parameter], Tensor, dict[str, Tensor]]:
+    """(student, distiller or None, trainable parameters, input batch, cached teacher taps as
+    ``cache_dtype``) for uint8 ``frames``; seeded, so every runtime starts from the same weights."""
+    size = frames.shape[-1]
+    torch.manual_seed(0)
+    t, s = DualBranchTeacher("res10t", size).eval(), build_student("res18t")
+    hp = {"rotation_dim": rotation_dim} if method == "tokd" else {}
+    d = None if method == "vanilla" else create_distiller(
+        method, "both", probe_shapes(s, size), probe_shapes(t, size), **hp)
+    s, t = prepare_module(s, rt), prepare_module(t, rt)
+    d = prepare_module(d, rt) if d is not None else None
+    params = [*s.parameters(), *(d.student_parameters() if d is not None else [])]
+    x = to_input(frames, rt)
+    feats: dict[str, Tensor] = {}
+    if d is not None:
+        with torch.no_grad():
+            _, taps = t(x)
+        feats = {k: v.to(cache_dtype) for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
+    return s, d, params, x, feats
