@@ -43,6 +43,7 @@ class StepInfo:
     student_lr: float  # the student's learning rate at this step
     base_lr: float  # the student's initial learning rate
     log: bool = False  # True on diagnostic steps (every ``log_every`` steps)
+    batch_size: int = 0  # samples in this step's global batch, over all processes (0: not known)
 
 
 class Distiller(nn.Module):

@@ -342,25 +342,27 @@ class Rotation(nn.Module):
         return G, LeaderResult(v, tgt, L, False)
 
     def leader_step(self, grads: Sequence[Tensor], lr: float, matrices: Tensor | None = None,
-                    target: str = "mean", loss: str = "cos") -> LeaderResult:
+                    target: str = "mean", loss: str = "cos", global_rows: int | None = None) -> LeaderResult:
         """One leader update (Eq. 13-16) from captured gradients; see ``leader_gradient``.
 
         Non-finite gradients skip the update (R and the optimiser state unchanged): a NaN or
         inf in a captured gradient makes L_R and so G non-finite. The skip is decided on the
         device, so the step never waits for the GPU. Under torch.distributed G is averaged
         across ranks first (a non-finite rank poisons the average, so every rank skips
-        together): all ranks keep the same R."""
+        together): all ranks keep the same R. ``global_rows``: the rows of the global batch
+        (every rank's ``grads`` together), which under torch.distributed lets every rank bound
+        the averaged step alike and so skip matrix_exp's host read (see ``_step_bound``)."""
         G, result = self.leader_gradient(grads, matrices, target, loss)
         if dist.is_available() and dist.is_initialized():  # identical R on every rank: average G
             dist.all_reduce(G)
             G /= dist.get_world_size()
         finite = torch.isfinite(G).all()
-        self._update(G, lr, finite, self._step_bound(lr, len(grads[0]), loss))
+        self._update(G, lr, finite, self._step_bound(lr, len(grads[0]), loss, global_rows))
         self.skipped_steps.add_(~finite)
         result.skipped = ~finite
         return result
 
-    def _step_bound(self, lr: float, rows: int, loss: str) -> float | None:
+    def _step_bound(self, lr: float, rows: int, loss: str, global_rows: int | None = None) -> float | None:
         """A host-side bound on the Frobenius norm of the riemannian SGD step lr * Omega, from
         which ``exp_step`` picks its degree without reading the step. For the cosine L_R,
         G_k = -sum_n w_kn g~_kn[:d] t_n[:d]^T is a sum of ``rows`` outer products of norm <= 1
@@ -368,10 +370,15 @@ class Rotation(nn.Module):
         drift off SO(d)); at the defaults (lr 1e-3) the bound needs no squaring up to 1,400 rows.
         None (matrix_exp, one host read) for the other loss; for Adam, whose only bound on its
         step (7.3 per entry) is so loose that the squarings it asks for cost accuracy at large
-        d; and under torch.distributed, where ranks may hold one row more or less and must
-        still pick the same degree."""
-        if loss != "cos" or self.opt.kind != "sgd" or (dist.is_available() and dist.is_initialized()):
+        d. Under torch.distributed ranks may hold one row more or less yet must pick the same
+        degree: G is the ranks' average, bounded by global_rows / world on every rank alike
+        (None, so matrix_exp, when the global batch is not given)."""
+        if loss != "cos" or self.opt.kind != "sgd":
             return None
+        if dist.is_available() and dist.is_initialized():
+            if not global_rows:
+                return None
+            rows = global_rows / dist.get_world_size()
         return lr * 1.01 * rows
 
     @torch.no_grad()

@@ -362,7 +362,7 @@ def test_skew_of_uses_strict_lower_triangle():
 
 
 # DDP: the leader gradient is averaged across ranks (a one-rank gloo group exercises the path)
-def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path):
+def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path, monkeypatch):
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -380,6 +380,15 @@ def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path):
         bad[0, 0] = float("nan")
         R = rot.R.clone()
         assert rot.leader_step([bad, gf], 0.1).skipped and torch.equal(rot.R, R)
+        # given the global batch, every rank bounds the averaged step alike: Taylor, no host read
+        bounded = Rotation((4, 2, 2), 16)
+        with monkeypatch.context() as patch:
+            for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
+                patch.setattr(torch.Tensor, name, lambda *_: pytest.fail("host read in a distributed leader step"))
+            bounded.leader_step([gr, gf], 0.1, global_rows=len(gr))
+        assert torch.allclose(bounded.R, expected, atol=1e-6)
+        assert bounded._step_bound(0.1, 3, "cos", global_rows=8) == pytest.approx(0.1 * 1.01 * 8)  # world 1
+        assert bounded._step_bound(0.1, 3, "cos") is None  # not given: matrix_exp
     finally:
         dist.destroy_process_group()
 
