@@ -10,6 +10,7 @@ and the costliest kernels. The steps are ``benchmarks/speed.py``'s (random data,
 cached teacher features).
 
     python benchmarks/profile_step.py --device cuda --students res18t --methods vanilla,tokd --compile-modes default
+        (eager and compiled: vanilla and TOKD, whose ratio compiled is the one ``--compile`` runs see)
     python benchmarks/profile_step.py --quick        # tiny CPU run (what the tests execute)
 """
 from __future__ import annotations
@@ -73,7 +74,8 @@ def profile_case(case: Case, steps: int, device: torch.device) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = case_parser(__doc__, steps=10, students="res18t", methods="vanilla,tokd")
-    p.add_argument("--compile-modes", default="", help="also profile the compiled vanilla step in these modes")
+    p.add_argument("--compile-modes", default="", help="also profile each method's compiled step (student and "
+                   "distiller's loss) in these modes")
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true", help="tiny CPU run: 48 px, batch 8, res10t teacher")
     args = p.parse_args(argv)
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rt = make_runtime(args.device)
     teacher = frozen_teacher(args, rt)
     cases = [(s, m, None) for s in args.students.split(",") for m in args.methods.split(",")]
-    cases += [(s, "vanilla", mode) for s in args.students.split(",") for mode in filter(None, args.compile_modes.split(","))]
+    cases += [(s, m, mode) for s in args.students.split(",") for m in args.methods.split(",")
+              for mode in filter(None, args.compile_modes.split(","))]
     rows = []
     for student, method, mode in cases:
         t0 = time.perf_counter()

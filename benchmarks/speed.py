@@ -91,6 +91,8 @@ class Case:
                            "truncated": online_teacher(teacher, taps, reductions, rt)}
             self.teacher_feats = self.online["full"]
         self.forward = torch.compile(self.model, mode=compile) if compile else self.model
+        if compile and self.distiller is not None:  # as the trainer's --compile: the distiller's loss too
+            self.distiller.compile(mode=compile)
         self.graphs = compile == "reduce-overhead"  # CUDA graphs: each step must say it is a new one
         self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
         self.opt = make_optimizer(self.params, rt, lr=1e-4)

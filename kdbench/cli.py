@@ -122,7 +122,7 @@ def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
 
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] (auto: CUDA when present).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto | fp32 | bf16 (auto: bf16 autocast on GPU).")
-CompileOpt = typer.Option(False, "--compile", help="torch.compile the student.")
+CompileOpt = typer.Option(False, "--compile", help="torch.compile the student and the distiller's loss.")
 DataOpt = typer.Option([], "--data", help="Dataset option key=value (repeatable), e.g. methods=[Deepfakes].")
 DataRootOpt = typer.Option(None, "--data-root", help="Prepared dataset directory (kdbench prepare --out).")
 

@@ -214,6 +214,8 @@ def fit(
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     forward = torch.compile(model) if rt.compile else model
+    if rt.compile and distiller is not None:  # its loss too, in place (its state_dict keys stay as they are)
+        distiller.compile()
     sources = {"frames": train.images, **(features or {})}
     watch = LossWatch.for_run(rt, cfg.log_every)
     with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:

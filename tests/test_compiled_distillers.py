@@ -1,0 +1,64 @@
+"""`--compile` compiles the distiller's loss with the student: each distiller's compiled step gives
+the eager step's terms and gradients, and TOKD's gradient capture and leader step still happen."""
+import shutil
+
+import pytest
+import torch
+
+from kdbench.distiller import StepInfo
+from kdbench.runtime import Runtime
+from kdbench.trainer import make_optimizer, train_step
+from step_factory import step_case
+
+pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                                reason="torch.compile on CPU needs a C++ compiler")
+
+
+@pytest.mark.parametrize("method", ["at", "pkt", "sp", "fitnet", "vid", "tokd"])
+def test_a_compiled_distiller_step_matches_the_eager_one(method):
+    rt = Runtime()
+    frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 2
+    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3)
+    out = {}
+    for compiled in (False, True):
+        s, d, params, x, feats = step_case(method, rt, frames, rotation_dim=64)
+        if compiled:
+            d.compile()
+        terms, _ = train_step(torch.compile(s) if compiled else s, d, make_optimizer(params, rt, 1e-3),
+                              params, rt, x, y, feats, info)
+        out[compiled] = ({k: float(v.detach()) for k, v in terms.items()}, [p.grad.clone() for p in params],
+                         d)
+    (eager, g_eager, d_eager), (comp, g_comp, d_comp) = out[False], out[True]
+    assert eager.keys() == comp.keys() and len(eager) > 1
+    for k in eager:
+        assert comp[k] == pytest.approx(eager[k], rel=1e-4, abs=1e-6), k
+    # all gradients as one vector: a bias before a BatchNorm has a zero gradient up to rounding
+    g_eager, g_comp = torch.cat([g.flatten() for g in g_eager]), torch.cat([g.flatten() for g in g_comp])
+    assert float((g_comp - g_eager).norm() / g_eager.norm()) < 1e-4
+    if method == "tokd":  # the gradients were captured through the compiled loss: the same leader step ran
+        assert int(d_comp.rot.leader_steps) == 1 and not torch.equal(d_eager.rot.R, torch.eye(64).expand_as(d_eager.rot.R))
+        assert torch.allclose(d_comp.rot.R, d_eager.rot.R, atol=1e-6)
+
+
+def test_a_compiled_run_compiles_the_distiller_and_learns_alike(smoke_workspace, monkeypatch):
+    """`kdbench run --compile` with a distiller: the run's KD loss follows the eager run's (drift
+    that Adam amplifies aside, as for the compiled student alone in test_pipeline)."""
+    import dataclasses
+
+    from kdbench.config import resolve
+    from kdbench.runner import run
+    from kdbench.store import ResultsStore
+
+    cfg = resolve(method="at", mode="both", profile="smoke", train={"epochs": 1})
+    store, quiet = ResultsStore(smoke_workspace.store_path), dict(log=lambda m: None, progress=False)
+    eager = run(cfg, smoke_workspace, store, Runtime(), **quiet)
+    compiled = []
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: (compiled.append(type(self).__name__),
+                                                                        real(self, **kw))[1])
+    comp = run(cfg, smoke_workspace, store, Runtime(compile=True), **quiet)  # the same run, retrained
+    assert compiled == ["AT"], compiled
+    assert comp.history["runtime"]["compile"] and not eager.history["runtime"]["compile"]
+    a, b = eager.history["epochs"][0], comp.history["epochs"][0]
+    assert abs(b["loss_kd_rgb"] - a["loss_kd_rgb"]) <= 0.05 * a["loss_kd_rgb"]
