@@ -46,8 +46,11 @@ class FitResult:
 
 def grad_cosine(terms: Mapping[str, Tensor], taps: Mapping[str, Tensor]) -> float | None:
     """Batch-mean cosine between the gradients of ``kd_rgb`` and ``kd_fre`` w.r.t. the
-    student taps (the paper's Fig. 4 quantity). The gradients stop at the taps, so
-    this back-propagates through the distiller's own heads only, never the backbone."""
+    student taps (the paper's Fig. 4 quantity). ``taps`` are what the distiller was given:
+    ``train_step`` gives it a view of each tap, so the gradients stop there and this
+    back-propagates through the distiller's own heads only. On the taps themselves a
+    multi-stage distiller's (AT, VID) gradient at stage 1 would also gather what reaches
+    it through the backbone from stages 2-4, and a compiled student could not give that."""
     if "kd_rgb" not in terms or "kd_fre" not in terms:
         return None
     inputs = [t for t in taps.values() if t.requires_grad]
@@ -139,15 +142,19 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
+    diagnose = info.log and distiller is not None and distiller.mode == "both" \
+        and not getattr(distiller, "reports_grad_cos", False)
     with rt.autocast():
         logits, taps = forward(x)
         terms = {"ce": F.cross_entropy(logits, y)}
         if distiller is not None:
             student = {k: taps[k] for k in distiller.student_taps()}
-            kd = distiller(student, feats, y)
+            if diagnose:  # the Fig. 4 cosine: see grad_cosine. The loss then runs eagerly, as a compiled
+                # one (``--compile``: its buffers donated to one backward) refuses a term-by-term backward
+                student = {k: v.view_as(v) for k, v in student.items()}
+            kd = (distiller.forward if diagnose else distiller)(student, feats, y)
             terms.update(kd)
-    if info.log and distiller is not None and distiller.mode == "both" \
-            and not getattr(distiller, "reports_grad_cos", False):
+    if diagnose:
         cos = grad_cosine(kd, student)
         if cos is not None:
             diag["grad_cos"] = cos

@@ -264,3 +264,29 @@ def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
     assert builds == [False]  # the teacher's architecture was built once, to probe its tap shapes
     for mode in ("both", "rgb"):
         assert shared[mode].metrics["test"] == fresh[mode].metrics["test"]
+
+
+def test_the_logged_gradient_cosine_is_taken_at_the_taps():
+    """Fig. 4's cosine for a multi-stage distiller (AT: four stages) is between the KD terms'
+    gradients at the taps themselves: the partial derivatives, not totals that also gather, at
+    stage 1, what flows back through the backbone from stages 2-4."""
+    import torch.nn.functional as F
+
+    from kdbench.distiller import StepInfo
+    from step_factory import step_case
+
+    frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(8) % 2
+    s, d, params, x, feats = step_case("at", RT, frames)
+    _, taps = s(x)
+    leaves = {k: taps[k].detach().requires_grad_() for k in d.student_taps()}
+    kd = d(leaves, feats, y)
+
+    def flat(term):
+        grads = torch.autograd.grad(term, list(leaves.values()), retain_graph=True)
+        return torch.cat([g.flatten(1) for g in grads], 1)
+
+    expected = float(F.cosine_similarity(flat(kd["kd_rgb"]), flat(kd["kd_fre"]), dim=1).mean())
+    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3, log=True)
+    _, diag = trainer.train_step(s, d, trainer.make_optimizer(params, RT, 1e-3), params, RT, x, y, feats, info)
+    assert diag["grad_cos"] == pytest.approx(expected, abs=1e-5)
