@@ -232,8 +232,8 @@ def fit(
             if distiller is not None:
                 distiller.train()
             perm = torch.randperm(n, generator=gen)
-            global_sizes = [len(perm[i * bs:(i + 1) * bs]) for i in range(steps_per_epoch)]
-            batches = [rank_slice(perm[i * bs:(i + 1) * bs], rt) for i in range(steps_per_epoch)]
+            global_batches = [perm[i * bs:(i + 1) * bs] for i in range(steps_per_epoch)]
+            batches = [rank_slice(b, rt) for b in global_batches]
             sums: dict[str, float] = {}
             seen, t0 = 0, time.perf_counter()
             stream = feed(sources, batches, rt.device, depth=0 if rt.device.type == "cpu" else 2)
@@ -244,7 +244,7 @@ def fit(
                 y = train.labels[idx].to(rt.device, non_blocking=True)  # non_blocking: no host sync
                 info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
-                                batch_size=global_sizes[i])
+                                batch_size=len(global_batches[i]))
                 feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
                 terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch)
                 for k, v in terms.items():  # summed on the device: no host sync per step

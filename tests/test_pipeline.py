@@ -290,3 +290,17 @@ def test_the_logged_gradient_cosine_is_taken_at_the_taps():
     info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3, log=True)
     _, diag = trainer.train_step(s, d, trainer.make_optimizer(params, RT, 1e-3), params, RT, x, y, feats, info)
     assert diag["grad_cos"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_trainer_tells_the_leader_step_its_global_batch(smoke_workspace, monkeypatch):
+    """StepInfo.batch_size reaches TOKD's leader step: under torchrun it bounds the averaged
+    step alike on every rank (tests/test_ddp.py), so no rank reads the step back."""
+    from kdbench.rotation import Rotation
+
+    seen = []
+    real = Rotation.leader_step
+    monkeypatch.setattr(Rotation, "leader_step",
+                        lambda self, *a, **kw: (seen.append(kw.get("global_rows")), real(self, *a, **kw))[1])
+    cfg = smoke("tokd", mode="both", train={"epochs": 1})
+    run(cfg, smoke_workspace, ResultsStore(smoke_workspace.store_path), RT, log=lambda m: None, progress=False)
+    assert seen and seen[0] == cfg.train.batch_size and all(0 < r <= cfg.train.batch_size for r in seen)
