@@ -1,5 +1,6 @@
 """TOKD's switches on the command line (issue: the smoke profile runs every one)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ def test_tokd_switch_runs_in_smoke_profile(smoke_workspace, switch):
     proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "tokd", "--student", "res18t",
                            "--profile", "smoke", "--epochs", "1", *switch], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-1500:]
-    rec = ResultsStore(smoke_workspace.store_path).query()[-1]
+    # this run's record by the hash it printed (another test may have stored the same config first)
+    run_hash = re.search(r"record ([0-9a-f]+) stored", proc.stdout).group(1)
+    rec = ResultsStore(smoke_workspace.store_path).get(run_hash)
     hp = rec.config["hp"]
     expected = {"--no-rotation": ("rotation", False), "--no-projector": ("projector", False),
                 "--rotation-dim": ("rotation_dim", 128), "--alpha": ("alpha", 200.0)}
