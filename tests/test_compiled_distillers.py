@@ -27,8 +27,7 @@ def test_a_compiled_distiller_step_matches_the_eager_one(method):
             d.compile()
         terms, _ = train_step(torch.compile(s) if compiled else s, d, make_optimizer(params, rt, 1e-3),
                               params, rt, x, y, feats, info)
-        out[compiled] = ({k: float(v.detach()) for k, v in terms.items()}, [p.grad.clone() for p in params],
-                         d)
+        out[compiled] = {k: float(v.detach()) for k, v in terms.items()}, [p.grad.clone() for p in params], d
     (eager, g_eager, d_eager), (comp, g_comp, d_comp) = out[False], out[True]
     assert eager.keys() == comp.keys() and len(eager) > 1
     for k in eager:
@@ -37,7 +36,7 @@ def test_a_compiled_distiller_step_matches_the_eager_one(method):
     g_eager, g_comp = torch.cat([g.flatten() for g in g_eager]), torch.cat([g.flatten() for g in g_comp])
     assert float((g_comp - g_eager).norm() / g_eager.norm()) < 1e-4
     if method == "tokd":  # the gradients were captured through the compiled loss: the same leader step ran
-        assert int(d_comp.rot.leader_steps) == 1 and not torch.equal(d_eager.rot.R, torch.eye(64).expand_as(d_eager.rot.R))
+        assert int(d_comp.rot.leader_steps) == 1 and (d_eager.rot.angles() > 0).all()  # R moved off I
         assert torch.allclose(d_comp.rot.R, d_eager.rot.R, atol=1e-6)
 
 
@@ -55,7 +54,8 @@ def test_a_compiled_distiller_logs_the_eager_gradient_cosine(method):
         if compiled:
             d.compile()
         opt = make_optimizer(params, rt, 1e-3)
-        _, diag = train_step(torch.compile(s) if compiled else s, d, opt, params, rt, x, torch.arange(8) % 2, feats, info)
+        y = torch.arange(8) % 2
+        _, diag = train_step(torch.compile(s) if compiled else s, d, opt, params, rt, x, y, feats, info)
         cos[compiled] = diag["grad_cos"]
     assert cos[True] == pytest.approx(cos[False], abs=1e-4) and cos[False] != 0.0
 
@@ -63,8 +63,6 @@ def test_a_compiled_distiller_logs_the_eager_gradient_cosine(method):
 def test_a_compiled_run_compiles_the_distiller_and_learns_alike(smoke_workspace, monkeypatch):
     """`kdbench run --compile` with a distiller: the run's KD loss follows the eager run's (drift
     that Adam amplifies aside, as for the compiled student alone in test_pipeline)."""
-    import dataclasses
-
     from kdbench.config import resolve
     from kdbench.runner import run
     from kdbench.store import ResultsStore
