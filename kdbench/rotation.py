@@ -350,16 +350,17 @@ class Rotation(nn.Module):
         device, so the step never waits for the GPU. Under torch.distributed G is averaged
         across ranks first (a non-finite rank poisons the average, so every rank skips
         together): all ranks keep the same R. ``global_rows``: the rows of the global batch
-        (every rank's ``grads`` together), which under torch.distributed lets every rank bound
-        the averaged step alike and so skip matrix_exp's host read (see ``_step_bound``)."""
+        (every rank's ``grads`` together; None or 0 when not known), which under
+        torch.distributed lets every rank bound the averaged step alike and so skip
+        matrix_exp's host read (see ``_step_bound``)."""
         G, result = self.leader_gradient(grads, matrices, target, loss)
         if dist.is_available() and dist.is_initialized():  # identical R on every rank: average G
             dist.all_reduce(G)
             G /= dist.get_world_size()
         finite = torch.isfinite(G).all()
         self._update(G, lr, finite, self._step_bound(lr, len(grads[0]), loss, global_rows))
-        self.skipped_steps.add_(~finite)
         result.skipped = ~finite
+        self.skipped_steps.add_(result.skipped)
         return result
 
     def _step_bound(self, lr: float, rows: int, loss: str, global_rows: int | None = None) -> float | None:

@@ -207,7 +207,7 @@ class TOKD(Distiller):
         if self.rot is not None:
             lr = self.rotation_lr(step)
             result = self.rot.leader_step(grads, lr, Rs, target=self.hp["rotation_target"],
-                                          loss=self.hp["rotation_loss"], global_rows=step.batch_size or None)
+                                          loss=self.hp["rotation_loss"], global_rows=step.batch_size)
             v = result.v
         else:
             v = grads

@@ -1,9 +1,14 @@
-"""What ``train_step`` needs for one distiller: a res18t student, a res10t teacher's cached taps.
+"""What ``train_step`` needs for one distiller: a res18t student, a res10t teacher's cached taps;
+and a guard that refuses host reads of tensor values.
 
 Shared by the tests that take single training steps on a runtime (the GPU against the CPU,
-host reads refused, CUDA's sync debug mode)."""
+host reads refused, CUDA's sync debug mode, compiled against eager)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -37,3 +42,19 @@ def step_case(method: str, rt: Runtime, frames: Tensor, rotation_dim: int = 256,
             _, taps = t(x)
         feats = {k: v.to(cache_dtype) for k, v in reduce_taps(taps, d.teacher_taps(), d.teacher_reductions()).items()}
     return s, d, params, x, feats
+
+
+HOST_READS = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__")
+
+
+@contextmanager
+def host_reads_refused(monkeypatch: pytest.MonkeyPatch, what: str) -> Iterator[None]:
+    """Inside the block, reading a tensor's value on the host (Python-level) raises: on a GPU
+    each such read waits for the queued kernels, and the GPU idles while the host catches up."""
+    def refuse(*_args):
+        raise AssertionError(f"{what}: a tensor value was read on the host")
+
+    with monkeypatch.context() as patch:
+        for name in HOST_READS:
+            patch.setattr(torch.Tensor, name, refuse)
+        yield

@@ -14,21 +14,30 @@ pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++"))
                                 reason="torch.compile on CPU needs a C++ compiler")
 
 
-@pytest.mark.parametrize("method", ["at", "pkt", "sp", "fitnet", "vid", "tokd"])
-def test_a_compiled_distiller_step_matches_the_eager_one(method):
+def step_both_ways(method: str, seed: int, log: bool) -> dict[bool, tuple]:
+    """One training step from the same start, eager (False) and compiled (True): the student through
+    torch.compile, the distiller compiled in place, as ``--compile`` does. Per way: the terms, the
+    step's diagnostics, the gradients and the distiller."""
     rt = Runtime()
-    frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     y = torch.arange(8) % 2
-    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3)
+    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3, log=log)
     out = {}
     for compiled in (False, True):
         s, d, params, x, feats = step_case(method, rt, frames, rotation_dim=64)
         if compiled:
             d.compile()
-        terms, _ = train_step(torch.compile(s) if compiled else s, d, make_optimizer(params, rt, 1e-3),
-                              params, rt, x, y, feats, info)
-        out[compiled] = {k: float(v.detach()) for k, v in terms.items()}, [p.grad.clone() for p in params], d
-    (eager, g_eager, d_eager), (comp, g_comp, d_comp) = out[False], out[True]
+        terms, diag = train_step(torch.compile(s) if compiled else s, d, make_optimizer(params, rt, 1e-3),
+                                 params, rt, x, y, feats, info)
+        out[compiled] = ({k: float(v.detach()) for k, v in terms.items()}, diag,
+                         [p.grad.clone() for p in params], d)
+    return out
+
+
+@pytest.mark.parametrize("method", ["at", "pkt", "sp", "fitnet", "vid", "tokd"])
+def test_a_compiled_distiller_step_matches_the_eager_one(method):
+    out = step_both_ways(method, seed=0, log=False)
+    (eager, _, g_eager, d_eager), (comp, _, g_comp, d_comp) = out[False], out[True]
     assert eager.keys() == comp.keys() and len(eager) > 1
     for k in eager:
         assert comp[k] == pytest.approx(eager[k], rel=1e-4, abs=1e-6), k
@@ -45,18 +54,8 @@ def test_a_compiled_distiller_logs_the_eager_gradient_cosine(method):
     """A log step's Fig. 4 cosine back-propagates the two KD terms one at a time, which a compiled
     loss's graph does not allow: that step runs the loss eagerly (AT), or the distiller computes the
     cosine from its own captured gradients (TOKD). Either way it equals the eager run's."""
-    rt = Runtime()
-    frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    info = StepInfo(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3, log=True)
-    cos = {}
-    for compiled in (False, True):
-        s, d, params, x, feats = step_case(method, rt, frames, rotation_dim=64)
-        if compiled:
-            d.compile()
-        opt = make_optimizer(params, rt, 1e-3)
-        y = torch.arange(8) % 2
-        _, diag = train_step(torch.compile(s) if compiled else s, d, opt, params, rt, x, y, feats, info)
-        cos[compiled] = diag["grad_cos"]
+    out = step_both_ways(method, seed=1, log=True)
+    cos = {compiled: diag["grad_cos"] for compiled, (_, diag, _, _) in out.items()}
     assert cos[True] == pytest.approx(cos[False], abs=1e-4) and cos[False] != 0.0
 
 

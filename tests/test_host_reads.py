@@ -7,10 +7,9 @@ import torch
 from kdbench.distiller import StepInfo
 from kdbench.runtime import Runtime
 from kdbench.trainer import LossWatch, train_step
-from step_factory import step_case  # tests/ has no __init__.py, so pytest puts it on sys.path
+from step_factory import host_reads_refused, step_case  # tests/ has no __init__.py: on sys.path
 
 SIZE = 48
-READS = ("__bool__", "item", "tolist", "__float__", "__int__", "__index__")
 
 
 @pytest.mark.parametrize("method", ["vanilla", "at", "pkt", "sp", "fitnet", "vid", "tokd"])
@@ -23,12 +22,6 @@ def test_a_step_that_does_not_log_reads_nothing_back(monkeypatch, method):
     watch = LossWatch(every=50)  # the GPU's deferred NaN check
     info = StepInfo(step=1, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-4, base_lr=1e-4, log=False)
     train_step(s, d, opt, params, rt, x, y, feats, info, watch)  # first step: lazily built state
-
-    def refuse(*_args):
-        raise AssertionError(f"{method}: a tensor value was read on the host during a training step")
-
-    with monkeypatch.context() as patch:
-        for name in READS:
-            patch.setattr(torch.Tensor, name, refuse)
+    with host_reads_refused(monkeypatch, f"{method}'s training step"):
         train_step(s, d, opt, params, rt, x, y, feats, info, watch)
     watch.check()

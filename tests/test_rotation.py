@@ -23,6 +23,7 @@ from kdbench.rotation import (
     taylor_exp,
     taylor_radius,
 )
+from step_factory import host_reads_refused  # tests/ has no __init__.py: on sys.path
 
 UPDATES = ("riemannian", "expm", "cayley")
 
@@ -382,9 +383,7 @@ def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path, monkey
         assert rot.leader_step([bad, gf], 0.1).skipped and torch.equal(rot.R, R)
         # given the global batch, every rank bounds the averaged step alike: Taylor, no host read
         bounded = Rotation((4, 2, 2), 16)
-        with monkeypatch.context() as patch:
-            for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
-                patch.setattr(torch.Tensor, name, lambda *_: pytest.fail("host read in a distributed leader step"))
+        with host_reads_refused(monkeypatch, "a distributed leader step"):
             bounded.leader_step([gr, gf], 0.1, global_rows=len(gr))
         assert torch.allclose(bounded.R, expected, atol=1e-6)
         assert bounded._step_bound(0.1, 3, "cos", global_rows=8) == pytest.approx(0.1 * 1.01 * 8)  # world 1
@@ -484,13 +483,7 @@ def test_a_leader_step_reads_nothing_back_to_the_host(monkeypatch, optimizer):
     gr, gf = conflicting(4, 16)
     bad = gr.clone()
     bad[0, 0] = float("nan")
-
-    def refuse(*_args):
-        raise AssertionError("host read of a tensor during the leader step")
-
-    with monkeypatch.context() as patch:
-        for name in ("__bool__", "item", "tolist", "__float__", "__int__", "__index__"):
-            patch.setattr(torch.Tensor, name, refuse)
+    with host_reads_refused(monkeypatch, "the leader step"):
         results = [rot.leader_step(g, 0.1) for g in ([gr, gf], [bad, gf], [gr, gf])]
     assert [bool(r.skipped) for r in results] == [False, True, False]
     assert int(rot.leader_steps) == 2 and int(rot.skipped_steps) == 1 and rot.opt.state_dict()["t"] == 2
