@@ -43,7 +43,7 @@ from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
 from kdbench.runner import cache_dtype, online_teacher
 from kdbench.runtime import Runtime, make_runtime, prepare_module
-from kdbench.trainer import LossWatch, make_optimizer, to_input, train_step
+from kdbench.trainer import LossWatch, compiled_step, make_optimizer, to_input, train_step
 
 METHODS = ("at", "pkt", "sp", "fitnet", "vid", "tokd")
 
@@ -90,9 +90,7 @@ class Case:
             self.online = {"full": online_teacher(teacher, taps, reductions, rt, truncate=False),
                            "truncated": online_teacher(teacher, taps, reductions, rt)}
             self.teacher_feats = self.online["full"]
-        self.forward = torch.compile(self.model, mode=compile) if compile else self.model
-        if compile and self.distiller is not None:  # as the trainer's --compile: the distiller's loss too
-            self.distiller.compile(mode=compile)
+        self.forward = compiled_step(self.model, self.distiller, compile) if compile else self.model
         self.graphs = compile == "reduce-overhead"  # CUDA graphs: each step must say it is a new one
         self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
         self.opt = make_optimizer(self.params, rt, lr=1e-4)

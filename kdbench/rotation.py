@@ -89,7 +89,8 @@ def taylor_exp(X: Tensor, degree: int) -> Tensor:
 
     def block(k: int) -> Tensor:  # sum_j c_{k+j} X^j: j < q, except in the top block, which runs to the degree
         top = degree - k if k + q >= degree else q - 1
-        B = sum(c[k + j] * powers[j - 1] for j in range(1, top + 1))
+        terms = [c[k + j] * powers[j - 1] for j in range(1, top + 1)]
+        B = sum(terms[1:], terms[0])  # not sum(terms): 0 + X would be one more kernel per block
         B.diagonal(dim1=-2, dim2=-1).add_(c[k])
         return B
 
@@ -116,7 +117,7 @@ def exp_step(S: Tensor, bound: float | None) -> Tensor:
     squarings = max(0, math.ceil(math.log2(bound / taylor_radius(12)))) if bound > 0 else 0
     scaled = bound / 2**squarings
     degree = next(m for m in TAYLOR_DEGREES if scaled <= taylor_radius(m) or m == TAYLOR_DEGREES[-1])
-    E = taylor_exp(S / 2**squarings, degree)
+    E = taylor_exp(S / 2**squarings if squarings else S, degree)  # the usual step: no division by 1
     for _ in range(squarings):
         E = E @ E
     return E

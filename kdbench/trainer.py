@@ -132,6 +132,16 @@ def to_input(images: Tensor, rt: Runtime) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if rt.channels_last else x
 
 
+def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | None = None
+                  ) -> Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]:
+    """``--compile``: the student's forward through ``torch.compile`` (returned: the module itself
+    keeps its checkpoint keys) and the distiller's loss compiled in place (its state_dict keys stay
+    as they are), so the losses' many small kernels are fused too."""
+    if distiller is not None:
+        distiller.compile(mode=mode)
+    return torch.compile(model, mode=mode)
+
+
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
@@ -220,9 +230,7 @@ def fit(
     steps_per_epoch = max(1, n // bs) if n % bs < 2 else n // bs + 1  # no batch of one (BN)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
-    forward = torch.compile(model) if rt.compile else model
-    if rt.compile and distiller is not None:  # its loss too, in place (its state_dict keys stay as they are)
-        distiller.compile()
+    forward = compiled_step(model, distiller) if rt.compile else model
     sources = {"frames": train.images, **(features or {})}
     watch = LossWatch.for_run(rt, cfg.log_every)
     with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:

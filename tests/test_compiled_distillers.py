@@ -7,7 +7,7 @@ import torch
 
 from kdbench.distiller import StepInfo
 from kdbench.runtime import Runtime
-from kdbench.trainer import make_optimizer, train_step
+from kdbench.trainer import compiled_step, make_optimizer, train_step
 from step_factory import step_case
 
 pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++"))
 
 def step_both_ways(method: str, seed: int, log: bool) -> dict[bool, tuple]:
     """One training step from the same start, eager (False) and compiled (True): the student through
-    torch.compile, the distiller compiled in place, as ``--compile`` does. Per way: the terms, the
+    torch.compile, the distiller compiled in place (``compiled_step``, as ``--compile``). Per way: the terms, the
     step's diagnostics, the gradients and the distiller."""
     rt = Runtime()
     frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
@@ -25,9 +25,7 @@ def step_both_ways(method: str, seed: int, log: bool) -> dict[bool, tuple]:
     out = {}
     for compiled in (False, True):
         s, d, params, x, feats = step_case(method, rt, frames, rotation_dim=64)
-        if compiled:
-            d.compile()
-        terms, diag = train_step(torch.compile(s) if compiled else s, d, make_optimizer(params, rt, 1e-3),
+        terms, diag = train_step(compiled_step(s, d) if compiled else s, d, make_optimizer(params, rt, 1e-3),
                                  params, rt, x, y, feats, info)
         out[compiled] = ({k: float(v.detach()) for k, v in terms.items()}, diag,
                          [p.grad.clone() for p in params], d)
