@@ -22,8 +22,8 @@ import torch
 
 from kdbench.io import BackgroundSaver, atomic_save
 from kdbench.models.students import build_student
-from kdbench.runtime import Runtime
-from kdbench.trainer import make_optimizer
+from kdbench.train.runtime import Runtime
+from kdbench.train.trainer import make_optimizer
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py's Case: the same step
 from speed import Case, case_parser, frozen_teacher, sync, timed  # noqa: E402
 
-from kdbench.runtime import make_runtime  # noqa: E402
+from kdbench.train.runtime import make_runtime  # noqa: E402
 
 LEADER = "kdbench.leader_step"
 

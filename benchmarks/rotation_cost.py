@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from kdbench.rotation import UPDATES, Rotation
-from kdbench.runtime import allow_tf32
+from kdbench.train.runtime import allow_tf32
 
 
 def sync(device: torch.device) -> None:

@@ -41,9 +41,9 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
-from kdbench.runner import cache_dtype, online_teacher
-from kdbench.runtime import Runtime, make_runtime, prepare_module
-from kdbench.trainer import LossWatch, compiled_step, make_optimizer, to_input, train_step
+from kdbench.train.runner import cache_dtype, online_teacher
+from kdbench.train.runtime import Runtime, make_runtime, prepare_module
+from kdbench.train.trainer import LossWatch, compiled_step, make_optimizer, to_input, train_step
 
 METHODS = ("at", "pkt", "sp", "fitnet", "vid", "tokd")
 

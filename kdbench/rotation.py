@@ -40,7 +40,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdbench.distiller import DistillerError
-from kdbench.runtime import ieee_fp32  # rotations are built and updated without TF32 (drift off SO(d))
+from kdbench.train.runtime import ieee_fp32  # rotations are built and updated without TF32 (drift off SO(d))
 
 UPDATES = ("riemannian", "expm", "cayley")
 OPTIMIZERS = ("sgd", "adam")

@@ -17,8 +17,8 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.plugins import create_distiller
-from kdbench.runtime import Runtime, prepare_module
-from kdbench.trainer import to_input
+from kdbench.train.runtime import Runtime, prepare_module
+from kdbench.train.trainer import to_input
 
 
 def step_case(method: str, rt: Runtime, frames: Tensor, rotation_dim: int = 256,

@@ -160,7 +160,7 @@ def test_sp_equals_torchdistill_with_l2_rows():
 
 
 def test_torchdistill_sp_normalises_rows_by_l1():
-    """Pins the upstream discrepancy documented in plugins/sp.py and docs/baselines.md:
+    """Pins the upstream discrepancy documented in kdbench_plugins/sp.py and docs/baselines.md:
     on the closed-form case below, L1 rows give 1/4 where the paper's L2 rows give 1 - sqrt2/2."""
     s = {"stage4": torch.eye(2).view(2, 2, 1, 1)}
     t = {"rgb.stage4": torch.tensor([[1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1)}

@@ -7,7 +7,7 @@ import torch
 
 from kdbench.data.feeder import feed
 from kdbench.distiller import StepInfo
-from kdbench.trainer import LossWatch, TrainingError
+from kdbench.train.trainer import LossWatch, TrainingError
 
 
 def frames_and_batches(n=37, bs=8, steps=9, seed=0):

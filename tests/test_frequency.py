@@ -3,7 +3,7 @@ import pytest
 import scipy.fft
 import torch
 
-from kdbench.frequency import FrequencyTransform, dct_matrix, highpass_mask
+from kdbench.models.frequency import FrequencyTransform, dct_matrix, highpass_mask
 
 
 def reference(x: np.ndarray, ratio: float = 1 / 3) -> np.ndarray:

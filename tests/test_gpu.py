@@ -13,10 +13,10 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller
 from kdbench.rotation import expm_each
-from kdbench.runner import Workspace, run
-from kdbench.runtime import Runtime, allow_tf32, prepare_module
+from kdbench.train.runner import Workspace, run
+from kdbench.train.runtime import Runtime, allow_tf32, prepare_module
 from kdbench.store import ResultsStore
-from kdbench.trainer import LossWatch, TrainingError, make_optimizer, to_input, train_step
+from kdbench.train.trainer import LossWatch, TrainingError, make_optimizer, to_input, train_step
 from step_factory import step_case  # tests/ has no __init__.py, so pytest puts it on sys.path
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -160,8 +160,8 @@ def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch, precision):
     train identically, and the online teacher's taps equal the cached ones to bf16 precision.
     A bf16 run caches its taps in bf16."""
     from kdbench.data.registry import load_dataset
-    from kdbench.runner import teacher_source
-    from kdbench.teacher_cache import ensure_teacher
+    from kdbench.train.runner import teacher_source
+    from kdbench.train.teacher_cache import ensure_teacher
 
     cfg = resolve(method="fitnet", mode="both", profile="smoke")
     ws = Workspace(tmp_path)  # one workspace: one teacher, trained once
@@ -201,7 +201,7 @@ def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch, precision):
 def test_nan_loss_stops_a_gpu_run_naming_the_step(tmp_path):
     """On a GPU the loss is read every log_every steps, not every step; the error still names
     the first bad step and term, and no checkpoint of the poisoned state is written."""
-    from kdbench.trainer import fit
+    from kdbench.train.trainer import fit
     from kdbench.config import TrainConfig
     from kdbench.data.registry import load_dataset
 

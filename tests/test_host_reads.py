@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kdbench.distiller import StepInfo
-from kdbench.runtime import Runtime
-from kdbench.trainer import LossWatch, train_step
+from kdbench.train.runtime import Runtime
+from kdbench.train.trainer import LossWatch, train_step
 from step_factory import host_reads_refused, step_case  # tests/ has no __init__.py: on sys.path
 
 SIZE = 48

@@ -4,13 +4,13 @@ import dataclasses
 import pytest
 import torch
 
-import kdbench.trainer as trainer
+import kdbench.train.trainer as trainer
 from kdbench.config import resolve
 from kdbench.data.registry import load_dataset
-from kdbench.runner import Workspace, run
-from kdbench.runtime import Runtime
+from kdbench.train.runner import Workspace, run
+from kdbench.train.runtime import Runtime
 from kdbench.store import ResultsStore
-from kdbench.teacher_cache import ensure_teacher
+from kdbench.train.teacher_cache import ensure_teacher
 
 CPU = torch.device("cpu")
 RT = Runtime()
@@ -114,7 +114,7 @@ def test_dataset_cache_loads_once_and_isolates_runs():
 
 
 def test_plan_taps_fills_device_then_host_smallest_first():
-    from kdbench.runner import plan_taps
+    from kdbench.train.runner import plan_taps
 
     sizes = {"s1": 400, "s2": 100, "s3": 30, "s4": 10}
     assert plan_taps(sizes, 10**6, 10**6) == dict.fromkeys(sizes, "device")
@@ -125,7 +125,7 @@ def test_plan_taps_fills_device_then_host_smallest_first():
 def test_taps_over_the_budget_come_from_an_online_teacher(tmp_path, monkeypatch):
     """VID's four teacher maps per branch: with a budget that holds only the small ones, the big
     ones are computed online (the record says which) and training sees the same features."""
-    from kdbench.runtime import Runtime
+    from kdbench.train.runtime import Runtime
 
     cfg = smoke("vid", mode="both")
     ws = Workspace(tmp_path)
@@ -181,7 +181,7 @@ def test_a_bf16_run_caches_teacher_taps_in_bf16_and_distillers_see_fp32(tmp_path
     from kdbench.models.students import build_student
     from kdbench.models.taps import probe_shapes
     from kdbench.plugins import create_distiller
-    from kdbench.runner import teacher_source
+    from kdbench.train.runner import teacher_source
 
     cfg = smoke("fitnet", mode="both")
     teacher = ensure_teacher(cfg, splits, tmp_path, RT, log=lambda m: None, progress=False)
@@ -214,7 +214,7 @@ def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, s
     other wrote instead of computing (and writing) it again."""
     from contextlib import contextmanager
 
-    from kdbench import teacher_cache
+    from kdbench.train import teacher_cache
 
     cfg = smoke()
     quiet = dict(log=lambda m: None, progress=False)
@@ -242,8 +242,8 @@ def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, s
 def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
     """Runs sharing a TeacherCache (as `kdbench grid` does) read the teacher checkpoint and each
     feature file once, and train exactly as runs that read everything afresh."""
-    from kdbench import teacher_cache
-    from kdbench.teacher_cache import TeacherCache
+    from kdbench.train import teacher_cache
+    from kdbench.train.teacher_cache import TeacherCache
 
     quiet = dict(log=lambda m: None, progress=False)
     both, rgb = smoke("fitnet", mode="both"), smoke("fitnet", mode="rgb")  # rgb's tap is one of both's two

@@ -9,20 +9,18 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from kdbench.cli_data import register
+from kdbench.cli import app
 from kdbench.data.frames import normalize
-from kdbench.export import run_exported
+from kdbench.deploy.export import run_exported
 from kdbench.io import atomic_save
 from kdbench.models.students import build_student
-from kdbench.predict import load_student, predict
+from kdbench.deploy.predict import load_student, predict
 
 SIZE = 48
 DISTILLER_MARKERS = ("distiller", "proj", "rotation", "leader", "connector", "regressor")
 
 
 def cli(*args):
-    app = typer.Typer()
-    register(app)
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})
 
 

@@ -8,9 +8,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from kdbench.cli_data import register
+from kdbench.cli import app
 from kdbench.data.registry import DatasetError
-from kdbench.prepare import prepare, sample_indices, square_box
+from kdbench.data.prepare import prepare, sample_indices, square_box
 
 av = pytest.importorskip("av", reason="PyAV (pip install 'kdbench[video]') makes and reads the test videos")
 import data_factory as factory  # noqa: E402
@@ -19,8 +19,6 @@ METHODS = "Deepfakes,Face2Face"
 
 
 def cli(*args):
-    app = typer.Typer()
-    register(app)
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})
 
 

@@ -394,7 +394,7 @@ def test_distributed_leader_step_all_reduces_and_skips_together(tmp_path, monkey
 
 def test_rotation_products_run_in_full_fp32_and_restore_the_setting():
     from kdbench.rotation import ieee_fp32
-    from kdbench.runtime import allow_tf32
+    from kdbench.train.runtime import allow_tf32
 
     matmul = torch.backends.cuda.matmul
     old = matmul.fp32_precision

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from kdbench.data.frames import FAKE, REAL, SPLITS
 from kdbench.data.synthetic import SyntheticConfig, build_synthetic, synthetic_image
-from kdbench.frequency import FrequencyTransform
+from kdbench.models.frequency import FrequencyTransform
 
 SMALL = SyntheticConfig(image_size=32, n_train=24, n_val=12, n_test=12)
 

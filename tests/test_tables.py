@@ -14,11 +14,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kdbench.cli_report import csv_text, entry_text, register, render
+from kdbench.cli import app
+from kdbench.report.render import csv_text, entry_text, render
 from kdbench.grid import expand
-from kdbench.runner import Workspace
+from kdbench.train.runner import Workspace
 from kdbench.store import ResultsStore, RunRecord
-from kdbench.tables import Stat, build_table, direction
+from kdbench.report.tables import Stat, build_table, direction
 
 # (method, mode) of res18t on synthetic -> FAKE test accuracies, one per seed 0, 1, 2, ...
 FAKE_ACC = {
@@ -154,7 +155,7 @@ def test_other_tables_render(ws):
 
 
 def test_table1_matches_paper():
-    from kdbench.complexity import table1
+    from kdbench.report.complexity import table1
 
     counts = table1()
     paper = {"res18t": (2.8, 0.91, 2), "res34t": (5.3, 1.78, 2), "xception": (22.8, 8.45, 1000)}
@@ -166,8 +167,8 @@ def test_table1_matches_paper():
 
 
 def test_figures_write_png(ws, tmp_path):
-    from kdbench.figures import figure3, figure4, gradient_curves
-    from kdbench.tables import Lookup
+    from kdbench.report.figures import figure3, figure4, gradient_curves
+    from kdbench.report.tables import Lookup
 
     labels = {c.label for c in gradient_curves(Lookup(ResultsStore(ws.store_path)), "cpu", None, None)}
     assert {"AT Both", "PKT Both", "VID Both"} <= labels and any(lbl.startswith("TOKD d=") for lbl in labels)
@@ -178,8 +179,6 @@ def test_figures_write_png(ws, tmp_path):
 
 @pytest.fixture(scope="module")
 def cli():
-    app = typer.Typer()
-    register(app)
     return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 

@@ -470,13 +470,13 @@ def test_bf16_autocast_step():
 
 
 def test_with_the_trainer_logs_fig4_and_resumes_the_leader_exactly(tmp_path):
-    """kdbench.trainer.fit end to end: diagnostics reach the history; a run resumed from its
+    """kdbench.train.trainer.fit end to end: diagnostics reach the history; a run resumed from its
     epoch checkpoint ends with the same rotation (and Adam state) as an uninterrupted one."""
     from kdbench.config import TrainConfig
     from kdbench.data.frames import FrameSet
     from kdbench.models.students import build_student
     from kdbench.models.taps import probe_shapes
-    from kdbench.trainer import fit
+    from kdbench.train.trainer import fit
 
     g = torch.Generator().manual_seed(0)
 

@@ -17,7 +17,7 @@ from typing import Collection
 import torch
 from torch import Tensor, nn
 
-from kdbench.frequency import FrequencyTransform
+from kdbench.models.frequency import FrequencyTransform
 from kdbench.io import safe_load
 from kdbench.models.students import NETWORKS
 

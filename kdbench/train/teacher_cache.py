@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from kdbench.config import RunConfig, TrainConfig, digest, file_sha256
-from kdbench.runtime import Runtime, main_first, prepare_module
+from kdbench.train.runtime import Runtime, main_first, prepare_module
 from kdbench.io import atomic_save, safe_load
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
 from kdbench.distiller import reduce_taps
@@ -214,7 +214,7 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
                    log: Log = print, progress: bool = True) -> Teacher:
     """The cached teacher for ``cfg``, trained now if there is none (or it is stale/corrupt).
     Under torchrun, rank 0 trains it alone while the other processes wait, then all load it."""
-    from kdbench.trainer import fit
+    from kdbench.train.trainer import fit
 
     key_hash = digest(teacher_key(cfg))
     root = workdir / "teachers" / key_hash

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 if TYPE_CHECKING:
-    from kdbench.tables import Grid
+    from kdbench.report.tables import Grid
 
 IMAGE_SIZE = 299
 MODEL_NAMES = {"res18t": "ResNet18-T", "res34t": "ResNet34-T", "xception": "Xception",
@@ -67,7 +67,7 @@ def count(build: Callable[[], nn.Module], image_size: int = IMAGE_SIZE) -> Compl
 
 def frequency_macs(image_size: int = IMAGE_SIZE) -> float:
     """MACs of the teacher's x -> IDCT(HighPass(DCT(x))) as implemented (matrix products)."""
-    from kdbench.frequency import FrequencyTransform
+    from kdbench.models.frequency import FrequencyTransform
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         FrequencyTransform(image_size)(torch.zeros(1, 3, image_size, image_size))
@@ -121,7 +121,7 @@ def teacher_breakdown(image_size: int = IMAGE_SIZE) -> dict[str, Complexity]:
 
 def table1_grid(paper: bool = False) -> Grid:
     """Table 1 as a printable grid (both head conventions; the paper's numbers beside with ``paper``)."""
-    from kdbench.tables import Grid, Paper, paper_results
+    from kdbench.report.tables import Grid, Paper, paper_results
 
     counts = table1()
     pub = paper_results()["table1"]

@@ -1,32 +1,20 @@
-"""Data and deployment commands: ``prepare``, ``predict``, ``export``.
-
-``register(app)`` adds them to the main typer app. ``kdbench.cli`` is imported
-inside the commands (not at module level) so that cli.py can import this module.
-"""
+"""``kdbench prepare``, ``kdbench predict`` and ``kdbench export``: data in, a trained student out."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
+from rich.table import Table
+
+from kdbench.cli.common import check_choice, cli_errors, console, log
+from kdbench.cli.common import out as stdout
 
 MAX_DIFF = 1e-4  # an export whose logits differ more from PyTorch's is an error
 
 
-def _guard(body: Callable[[], Any]) -> Any:
-    """Run ``body`` under kdbench's one-line error handling."""
-    from kdbench.cli import cli_errors
-
-    return cli_errors(body)()
-
-
-def _log(msg: str) -> None:
-    from kdbench.cli import console
-
-    console.print(msg, highlight=False, markup=False)
-
-
+@cli_errors
 def prepare(
     source: str = typer.Argument(..., help="ffpp | celebdf | folder"),
     root: Path = typer.Option(..., "--root", help="The downloaded dataset (FF++/Celeb-DF root, or a real/fake "
@@ -46,23 +34,18 @@ def prepare(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Videos -> evenly spaced frames -> square face crops (PNG) + index.json. Resumable."""
+    from kdbench.data.prepare import prepare as run_prepare
 
-    def body() -> None:
-        from kdbench.cli import console
-        from kdbench.cli import out as stdout
-        from kdbench.prepare import prepare as run_prepare
-
-        report = run_prepare(source, root, out, size=size, frames=frames, compression=compression, methods=methods,
-                             splits=splits, detector=detector, margin=margin, device=device, log=_log,
-                             progress=console if progress and console.is_terminal else None)
-        stdout.print(f"prepared {report.prepared} of {report.videos} videos ({report.frames} frames, "
-                     f"{report.done_before} done before) into {out}; {len(report.skipped)} skipped "
-                     f"(reasons in {report.index})",
-                     highlight=False, markup=False)
-
-    _guard(body)
+    report = run_prepare(source, root, out, size=size, frames=frames, compression=compression, methods=methods,
+                         splits=splits, detector=detector, margin=margin, device=device, log=log,
+                         progress=console if progress and console.is_terminal else None)
+    stdout.print(f"prepared {report.prepared} of {report.videos} videos ({report.frames} frames, "
+                 f"{report.done_before} done before) into {out}; {len(report.skipped)} skipped "
+                 f"(reasons in {report.index})",
+                 highlight=False, markup=False)
 
 
+@cli_errors
 def predict(
     paths: list[Path] = typer.Argument(..., help="Images, folders of frames, or videos."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A trained student: <workdir>/runs/<hash>/student.pt."),
@@ -75,33 +58,23 @@ def predict(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """P(forgery) per frame and per video (mean of its frames)."""
+    from kdbench.deploy.predict import predict as run_predict
 
-    def body() -> None:
-        from kdbench.config import ConfigError
-        from kdbench.predict import predict as run_predict
-
-        if fmt not in ("table", "json"):
-            raise ConfigError(f"unknown format {fmt!r}; choose one of: table, json")
-        preds = run_predict(checkpoint, paths, frames=frames, size=size, detector=detector, margin=margin,
-                            device=device)
-        if fmt == "json":
-            typer.echo(json.dumps([p.to_dict() for p in preds], indent=1))
-        else:
-            _table(preds)
-        for p in preds:
-            if p.error:
-                _log(f"predict: {p.path}: {p.error}")
-        if all(p.error for p in preds):
-            raise typer.Exit(1)
-
-    _guard(body)
+    check_choice("format", fmt, ("table", "json"))
+    preds = run_predict(checkpoint, paths, frames=frames, size=size, detector=detector, margin=margin,
+                        device=device)
+    if fmt == "json":
+        typer.echo(json.dumps([p.to_dict() for p in preds], indent=1))
+    else:
+        _table(preds)
+    for p in preds:
+        if p.error:
+            log(f"predict: {p.path}: {p.error}")
+    if all(p.error for p in preds):
+        raise typer.Exit(1)
 
 
 def _table(preds: list[Any]) -> None:
-    from rich.table import Table
-
-    from kdbench.cli import out as stdout
-
     table = Table(title="P(fake) per input (video = mean of its frames; > 0.5 is fake)")
     for col in ("input", "kind", "frames", "P(fake)", "verdict", "per frame"):
         table.add_column(col, justify="right" if col in ("frames", "P(fake)") else "left")
@@ -114,6 +87,7 @@ def _table(preds: list[Any]) -> None:
     stdout.print(table)
 
 
+@cli_errors
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A trained student: <workdir>/runs/<hash>/student.pt."),
     fmt: str = typer.Option(..., "--format", help="onnx | torchscript."),
@@ -121,24 +95,12 @@ def export(
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
 ) -> None:
     """The student alone (S_B + classifier, no distiller), checked against PyTorch."""
+    from kdbench.deploy.export import export as run_export
 
-    def body() -> None:
-        from kdbench.cli import out as stdout
-        from kdbench.export import export as run_export
-
-        rep = run_export(checkpoint, fmt, out, opset=opset)
-        check = (f"max |logit diff| vs PyTorch {rep.max_abs_diff:.1e} ({rep.checked_with})"
-                 if rep.max_abs_diff is not None else "not checked: pip install onnxruntime to check it")
-        if rep.max_abs_diff is not None and rep.max_abs_diff > MAX_DIFF:
-            raise ValueError(f"exported model differs from PyTorch by {rep.max_abs_diff:.2e} (> {MAX_DIFF}): {rep.out}")
-        stdout.print(f"exported {rep.parameters / 1e6:.3f} M parameters at {rep.image_size} px to {rep.out} "
-                     f"({rep.format}); {check}", highlight=False, markup=False)
-
-    _guard(body)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``prepare``, ``predict`` and ``export`` to ``app``."""
-    app.command("prepare")(prepare)
-    app.command("predict")(predict)
-    app.command("export")(export)
+    rep = run_export(checkpoint, fmt, out, opset=opset)
+    check = (f"max |logit diff| vs PyTorch {rep.max_abs_diff:.1e} ({rep.checked_with})"
+             if rep.max_abs_diff is not None else "not checked: pip install onnxruntime to check it")
+    if rep.max_abs_diff is not None and rep.max_abs_diff > MAX_DIFF:
+        raise ValueError(f"exported model differs from PyTorch by {rep.max_abs_diff:.2e} (> {MAX_DIFF}): {rep.out}")
+    stdout.print(f"exported {rep.parameters / 1e6:.3f} M parameters at {rep.image_size} px to {rep.out} "
+                 f"({rep.format}); {check}", highlight=False, markup=False)

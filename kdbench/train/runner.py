@@ -20,9 +20,9 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
 from kdbench.store import ResultsStore, RunRecord
-from kdbench.runtime import Runtime, main_first, prepare_module
-from kdbench.teacher_cache import Teacher, TeacherCache
-from kdbench.trainer import fit
+from kdbench.train.runtime import Runtime, main_first, prepare_module
+from kdbench.train.teacher_cache import Teacher, TeacherCache
+from kdbench.train.trainer import fit
 
 Log = Callable[[str], None]
 

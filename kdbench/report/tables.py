@@ -1,4 +1,4 @@
-"""Tables 3-7 from the results store (Table 1 is in ``kdbench.complexity``).
+"""Tables 3-7 from the results store (Table 1 is in ``kdbench.report.complexity``).
 
 A table is assembled by expanding its grid spec with the user's options and
 looking up every cell's ``cfg.cell`` hash (the config without the seed) in the

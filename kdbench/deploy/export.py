@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kdbench.data.registry import DatasetError
-from kdbench.predict import load_student
+from kdbench.deploy.predict import load_student
 
 FORMATS = ("onnx", "torchscript")
 INSTALL = "pip install 'kdbench[export]'"

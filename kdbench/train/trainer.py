@@ -25,8 +25,8 @@ from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
 from kdbench.io import BackgroundSaver, safe_load
-from kdbench.metrics import forgery_metrics
-from kdbench.runtime import Runtime, average_buffers, average_gradients, rank_slice
+from kdbench.train.metrics import forgery_metrics
+from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
 CHECKPOINT_FORMAT = 1
 

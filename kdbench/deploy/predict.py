@@ -118,7 +118,7 @@ def score(net: nn.Module, crops: np.ndarray, device: torch.device, batch_size: i
 def predict(checkpoint: Path, paths: Sequence[Path], *, frames: int = 32, size: int = 299, detector: str = "mtcnn",
             margin: float = 1.3, device: str = "auto", batch_size: int = 64) -> list[Prediction]:
     """Predictions for every input; an input that fails is reported in its row, not fatal."""
-    from kdbench.prepare import VideoError, face_crops, load_unit, make_detector, require_av
+    from kdbench.data.prepare import VideoError, face_crops, load_unit, make_detector, require_av
 
     units = collect(paths)
     net, meta = load_student(checkpoint)

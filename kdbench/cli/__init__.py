@@ -1,0 +1,43 @@
+"""The ``kdbench`` command line (typer).
+
+Every anticipated failure (bad option, missing file, broken plugin, NaN loss,
+locked store) ends as one line on stderr and a non-zero exit: 2 for a usage
+error, 1 for a run that failed. Nothing already computed is lost.
+
+One module per group of commands (``train``, ``plugins``, ``results``, ``report``,
+``data``), all built on ``common``; this module only assembles them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import typer
+
+from kdbench.cli import data, report, results, train
+from kdbench.cli.plugins import plugins_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Knowledge-distillation benchmark for facial-forgery detection (TOKD and baselines).")
+app.command()(train.run)
+app.command()(train.grid)
+app.add_typer(train.teacher_app, name="teacher")
+app.add_typer(plugins_app, name="plugins")
+app.command()(results.results)
+app.command()(report.table)
+app.command()(report.figure)
+app.command()(data.prepare)
+app.command()(data.predict)
+app.command()(data.export)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: checkpointed epochs stay, record says interrupted
+
+
+def main() -> None:
+    import signal
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    signal.signal(signal.SIGTERM, _terminate)
+    app()

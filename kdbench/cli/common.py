@@ -1,0 +1,150 @@
+"""What every ``kdbench`` command shares: the consoles, the one error handler, the
+options that mean the same everywhere, the workspace and the parsing of lists and names.
+
+Command modules import this at the top; nothing here imports a command module, and
+torch is imported only inside the commands that use it (``kdbench --help`` stays fast).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
+
+import typer
+from rich.console import Console
+
+from kdbench.config import ConfigError, load_config_file, parse_hp, resolve
+
+if TYPE_CHECKING:
+    from kdbench.config import RunConfig
+    from kdbench.train.runner import Workspace
+
+console = Console(stderr=True)  # messages, progress, errors
+out = Console()  # results: tables, JSON
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cli_errors(fn: F) -> F:
+    """One line on stderr and an exit code instead of a traceback: 2 for a usage
+    error (nothing ran), 1 for work that failed, 130 for an interrupt."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from kdbench.data.registry import DatasetError
+        from kdbench.distiller import DistillerError
+        from kdbench.store import StoreError
+        from kdbench.train.teacher_cache import CacheError
+        from kdbench.train.trainer import TrainingError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (ConfigError, DistillerError, DatasetError) as exc:
+            error(exc)
+            raise typer.Exit(2) from None
+        except (StoreError, TrainingError, CacheError, FileNotFoundError, ValueError, OSError) as exc:
+            error(exc)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: the last finished epoch is checkpointed; re-run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def error(exc: BaseException | str) -> None:
+    console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def escape(text: str) -> str:
+    """``text`` with rich markup escaped: ``pip install 'kdbench[video]'`` prints as written."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def log(msg: str) -> None:
+    """A progress or status line on stderr, printed as written."""
+    console.print(msg, highlight=False, markup=False)
+
+
+def workspace(workdir: Optional[Path]) -> Workspace:
+    from kdbench.train.runner import Workspace
+
+    return Workspace(Path(workdir or os.environ.get("KDBENCH_HOME", ".kdbench")))
+
+
+def split_list(text: Optional[str]) -> Optional[list[str]]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; None or empty -> None (the default)."""
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(map(str, choices))}")
+
+
+def check_names(students: Sequence[str] = (), datasets: Sequence[str] = ()) -> None:
+    """Unknown students or datasets fail before anything is built (teachers take long)."""
+    from kdbench.data.registry import dataset_builders
+    from kdbench.models.students import available_students
+
+    for student in students:
+        check_choice("student", student, list(available_students()))
+    for name in datasets:
+        check_choice("dataset", name, sorted(dataset_builders()))
+
+
+def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
+                 hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
+                 test_dataset: Optional[str] = None, data: Optional[dict[str, Any]] = None,
+                 test_data: Optional[dict[str, Any]] = None) -> RunConfig:
+    check_names([student], [d for d in (dataset, test_dataset) if d])
+    file_cfg = load_config_file(config) if config else None
+    teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
+    train = {"epochs": epochs} if epochs else {}
+    return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
+                   hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset,
+                   data=data, test_data=test_data)
+
+
+def cell_options(config: Optional[Path], teacher_weights: Optional[Path], data: list[str],
+                 data_root: Optional[Path] = None, test_data_root: Optional[Path] = None) -> dict[str, Any]:
+    """The options besides profile, students and datasets that define a grid's cells:
+    `kdbench grid` runs them, `kdbench table`/`figure` look the same cells up."""
+    return {"config": load_config_file(config) if config else None,
+            "teacher": {"weights": str(teacher_weights)} if teacher_weights else None,
+            "data": data_options(data, data_root), "test_data": data_options([], test_data_root)}
+
+
+def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
+    """``--data key=value`` (values parsed as YAML scalars/lists) plus ``--data-root DIR``."""
+    import yaml
+
+    opts = {k: yaml.safe_load(v) if v else v for k, v in parse_hp(items).items()}
+    if root is not None:
+        if not root.is_dir():
+            raise ConfigError(f"dataset root not found: {root}")
+        opts["root"] = str(root.resolve())
+    return opts
+
+
+# Options that mean the same in every command that takes them.
+WorkdirOpt = typer.Option(None, "--workdir",
+                          help="Results store, teacher cache and checkpoints (default ./.kdbench or $KDBENCH_HOME).")
+ProfileOpt = typer.Option("cpu", "--profile", "-p", help="smoke | cpu | paper | gpu128, or a .toml/.yaml file.")
+ConfigOpt = typer.Option(None, "--config", help="TOML/YAML config file: sections train, teacher, hp.METHOD, "
+                         "data.DATASET. Tables and figures look up the cells run with it.")
+TeacherWeightsOpt = typer.Option(None, "--teacher-weights", help="Local pretrained teacher branch weights "
+                                 "(matched by content when tables look runs up).")
+DataOpt = typer.Option([], "--data", help="Dataset option key=value (repeatable), e.g. methods=[Deepfakes].")
+DataRootOpt = typer.Option(None, "--data-root", help="Prepared dataset directory (kdbench prepare --out).")
+TestDataRootOpt = typer.Option(None, "--test-data-root", help="Prepared test dataset directory (Table 7).")
+StudentsOpt = typer.Option(None, "--students", help="Comma-separated students (default: the spec's).")
+DatasetsOpt = typer.Option(None, "--datasets", help="Comma-separated datasets (default: the spec's).")
+DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] (auto: CUDA when present).")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto | fp32 | bf16 (auto: bf16 autocast on GPU).")
+CompileOpt = typer.Option(False, "--compile", help="torch.compile the student and the distiller's loss.")

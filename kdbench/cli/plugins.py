@@ -1,0 +1,53 @@
+"""``kdbench plugins`` and ``kdbench plugins check``: what is installed, and whether it keeps the contract."""
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from kdbench.cli.common import cli_errors, out
+
+plugins_app = typer.Typer(help="List installed distillers, or check one against the contract.")
+
+
+@plugins_app.callback(invoke_without_command=True)
+@cli_errors
+def plugins_list(ctx: typer.Context) -> None:
+    """Every installed distiller with its modes, defaults and providing distribution."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kdbench.plugins import registry
+
+    reg = registry()
+    table = Table(title="kdbench distillers")
+    for col in ("name", "modes", "defaults", "provided by"):
+        table.add_column(col)
+    for name, cls in sorted(reg.distillers.items()):
+        defaults = ", ".join(f"{k}={v.value}" for k, v in cls.defaults.items())
+        table.add_row(Text(name), Text(", ".join(cls.modes)), Text(defaults), Text(reg.providers.get(name, "?")))
+    out.print(table)
+    for name, err in sorted(reg.errors.items()):
+        out.print(Text.assemble(("broken plugin", "red"), f" {name}: {err}"), highlight=False)
+
+
+@plugins_app.command("check")
+@cli_errors
+def plugins_check(
+    name: str = typer.Argument(..., help="Distiller name (see `kdbench plugins`)."),
+    students: str = typer.Option(",".join(("res18t", "res34t", "xception")), "--students"),
+) -> None:
+    """Run the contract checks on an installed distiller and print a pass/fail report."""
+    from kdbench.contract import check_distiller
+
+    results = check_distiller(name, [s.strip() for s in students.split(",") if s.strip()])
+    table = Table(title=f"contract checks: {name}")
+    for col in ("student", "mode", "check", "result", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.student, r.mode, r.check, Text("pass", "green") if r.ok else Text("FAIL", "red"),
+                      Text(r.detail))
+    out.print(table)
+    failed = sum(not r.ok for r in results)
+    out.print(f"{name}: {len(results) - failed} passed, {failed} failed", highlight=False)
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,165 @@
+"""``kdbench run``, ``kdbench grid`` and ``kdbench teacher train``: the commands that train."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
+                                ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
+                                build_config, cell_options, check_names, cli_errors, console, data_options, log, out,
+                                split_list, workspace)
+from kdbench.store import ResultsStore
+
+teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
+
+
+@cli_errors
+def run(
+    method: str = typer.Option("tokd", "--method", "-m", help="Distiller (see `kdbench plugins`)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both (default: both where supported)."),
+    student: str = typer.Option("res18t", "--student", "-s", help="res18t | res34t | xception."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    test_dataset: Optional[str] = typer.Option(None, "--test-dataset", help="Test on another dataset (Table 7)."),
+    profile: str = ProfileOpt,
+    seed: int = typer.Option(0, "--seed"),
+    hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
+    config: Optional[Path] = ConfigOpt,
+    teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the profile's epochs."),
+    data: list[str] = DataOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    test_data_root: Optional[Path] = TestDataRootOpt,
+    rotation_dim: Optional[int] = typer.Option(None, "--rotation-dim", help="TOKD: rotation size d."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
+    no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
+    no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    compile_model: bool = CompileOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train one student with one distiller and store the record."""
+    from kdbench.train.runner import run as run_one
+    from kdbench.train.runtime import make_runtime
+
+    sugar = {"rotation_dim": rotation_dim, "alpha": alpha,
+             "rotation": False if no_rotation else None, "projector": False if no_projector else None}
+    hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
+    cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
+                       data_options(data, data_root), data_options([], test_data_root))
+    ws = workspace(workdir)
+    store = ResultsStore(ws.store_path)
+    done = store.get(cfg.hash)
+    if done is not None and done.status == "done":
+        log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
+        rec = done
+    else:
+        rt = make_runtime(device, precision, compile_model)
+        rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
+                      progress=progress and console.is_terminal)
+        if not rt.is_main:
+            return
+    print_metrics(rec)
+
+
+def print_metrics(rec: Any) -> None:
+    test = rec.metrics["test"]
+    table = Table(title=f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
+                        f"best val epoch {rec.metrics['best_epoch'] + 1})")
+    for key in ("acc", "auc", "eer", "ap", "video_auc"):
+        if key in test:
+            table.add_column(f"test {key.upper()} %", justify="right")
+    table.add_row(*(f"{test[k]:.2f}" for k in ("acc", "auc", "eer", "ap", "video_auc") if k in test))
+    out.print(table)
+    out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False)
+
+
+@cli_errors
+def grid(
+    spec: str = typer.Argument(..., help="table3 | table4 | table5 | table6 | table7 | fig3, or a TOML/YAML spec file."),
+    profile: str = ProfileOpt,
+    students: Optional[str] = StudentsOpt,
+    methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
+    datasets: Optional[str] = DatasetsOpt,
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
+    config: Optional[Path] = ConfigOpt,
+    teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    data: list[str] = DataOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    test_data_root: Optional[Path] = TestDataRootOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    compile_model: bool = CompileOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+) -> None:
+    """Run a grid of cells, skipping finished ones (resumable, shardable)."""
+    from kdbench.data.registry import DatasetCache
+    from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
+    from kdbench.train.runner import run as run_one
+    from kdbench.train.runtime import make_runtime
+    from kdbench.train.teacher_cache import TeacherCache
+
+    check_names(split_list(students) or [], split_list(datasets) or [])
+    cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
+                   datasets=split_list(datasets), seeds=parse_seeds(seeds),
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root))
+    cells = shard(cells, *parse_shard(shard_opt))
+    ws = workspace(workdir)
+    store = ResultsStore(ws.store_path)
+    status = {r.hash: r.status for r in store.query()}
+    if dry_run:
+        table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile)")
+        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+            table.add_column(col)
+        for i, cell in enumerate(cells, 1):
+            c = cell.cfg
+            table.add_row(str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset, str(c.seed),
+                          " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
+                          status.get(c.hash, "todo"))
+        out.print(table)
+        done = sum(status.get(c.cfg.hash) == "done" for c in cells)
+        out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
+        return
+    rt = make_runtime(device, precision, compile_model)
+    dataset_cache = DatasetCache()  # each dataset is generated or decoded once for the whole grid
+    teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
+    report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
+                                                  progress=console.is_terminal, datasets=dataset_cache,
+                                                  teachers=teachers),
+                      lambda cell: status.get(cell.cfg.hash) == "done", log=log)
+    out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
+              f"{len(report.failed)} failed", highlight=False)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@teacher_app.command("train")
+@cli_errors
+def teacher_train(
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    profile: str = ProfileOpt,
+    config: Optional[Path] = ConfigOpt,
+    teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    data: list[str] = DataOpt,
+    data_root: Optional[Path] = DataRootOpt,
+    device: str = DeviceOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+) -> None:
+    """Train (or find in the cache) the teacher for a dataset and profile."""
+    from kdbench.data.registry import load_dataset
+    from kdbench.train.runtime import make_runtime
+    from kdbench.train.teacher_cache import ensure_teacher
+
+    cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
+                       data=data_options(data, data_root))
+    splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
+    t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=log,
+                       progress=console.is_terminal)
+    out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str))
