@@ -39,9 +39,19 @@ def student_projector(branch: str, cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def kd_distance(fs: Tensor, ft: Tensor) -> Tensor:
-    """Eq. 6/7: MSE (mean over batch and elements) between per-sample L2-normalised flattened maps."""
-    return F.mse_loss(F.normalize(fs.float().flatten(1), dim=1), F.normalize(ft.float().flatten(1), dim=1))
+DISTANCES = ("sq_l2", "mse")
+
+
+def kd_distance(fs: Tensor, ft: Tensor, distance: str = "sq_l2") -> Tensor:
+    """Eq. 6/7 between per-sample L2-normalised flattened maps.
+
+    ``sq_l2``: the squared Euclidean distance of each sample's unit vectors (= 2 - 2 cos),
+    averaged over the batch only, so its scale does not depend on the map's size.
+    ``mse``: the mean over batch *and* elements, i.e. ``sq_l2`` divided by C*H*W, which
+    makes alpha's effect shrink with the resolution (docs/tokd.md)."""
+    diff = F.normalize(fs.float().flatten(1), dim=1) - F.normalize(ft.float().flatten(1), dim=1)
+    sq = diff.square()
+    return sq.mean() if distance == "mse" else sq.sum(1).mean()
 
 
 def _align(x: Tensor, hw: tuple[int, int]) -> Tensor:
@@ -63,6 +73,8 @@ class TOKD(Distiller):
     reports_grad_cos = True
     defaults = {
         "alpha": HParam(10.0, "paper Sec. 5.1: alpha1 = alpha2 = 10 on FF++ (use 200 on Celeb-DF)"),
+        "distance": HParam("sq_l2", "Eq. 6/7: sq_l2 = per-sample ||a - b||^2 of unit maps (size-free); "
+                                    "mse = mean over elements (before 0.x; docs/tokd.md)"),
         "branches": HParam("auto", "Table 6 rows: auto = from mode (rgb -> rgb, both -> both); or rgb | fre | both"),
         "projector": HParam(True, "paper Sec. 4.1; false = a single 1x1 conv adapter (Table 6 ablation)"),
         "rotation": HParam(True, "paper Sec. 4.2; only acts with two branches (ignored in rgb mode)"),
@@ -81,6 +93,7 @@ class TOKD(Distiller):
         super().__init__(mode, student_shapes, teacher_shapes, **hparams)
         hp = self.hp
         self._branches = self._resolve_branches(hp["branches"])
+        _choice("distance", hp["distance"], DISTANCES)
         for key, options in (("rotation_update", UPDATES), ("rotation_optimizer", OPTIMIZERS),
                              ("rotation_target", TARGETS), ("rotation_loss", LOSSES), ("rotation_init", INITS)):
             _choice(key, hp[key], options)
@@ -179,7 +192,7 @@ class TOKD(Distiller):
             hw = self._hw[b]
             fs = _align(self.proj[b](inputs[b]), hw)
             ft = _align(teacher[f"{b}.proj"], hw)
-            terms[f"kd_{b}"] = alpha * kd_distance(fs, ft)
+            terms[f"kd_{b}"] = alpha * kd_distance(fs, ft, self.hp["distance"])
         return terms
 
     @staticmethod
