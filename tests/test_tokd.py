@@ -142,14 +142,21 @@ def test_rotation_dim_exceeding_the_latent_fails_at_build():
 
 
 # -- the loss --------------------------------------------------------------------
-def test_distance_is_mse_of_normalised_projections_weighted_by_alpha():
+def test_distance_of_normalised_projections_weighted_by_alpha():
+    """sq_l2 = 2 - 2 cos per sample, batch-averaged (free of the map's size); mse = its mean over elements."""
     from kdbench_plugins.tokd import kd_distance
 
     s, t = torch.randn(3, 6, 4, 4), torch.randn(3, 6, 4, 4)
-    manual = ((s.flatten(1) / s.flatten(1).norm(dim=1, keepdim=True)
-               - t.flatten(1) / t.flatten(1).norm(dim=1, keepdim=True)) ** 2).mean()
-    assert torch.allclose(kd_distance(s, t), manual)
-    assert torch.allclose(kd_distance(s, 7 * t), manual)  # per-sample scale-free
+    cos = F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)
+    assert torch.allclose(kd_distance(s, t, "sq_l2"), (2 - 2 * cos).mean())
+    assert torch.allclose(kd_distance(s, t, "mse"), (2 - 2 * cos).mean() / (6 * 4 * 4))
+    for form in ("sq_l2", "mse"):
+        assert torch.allclose(kd_distance(s, 7 * t, form), kd_distance(s, t, form))  # per-sample scale-free
+    big_s, big_t = s.repeat(1, 1, 4, 4), t.repeat(1, 1, 4, 4)  # the same maps at 16x the resolution
+    assert torch.allclose(kd_distance(big_s, big_t, "sq_l2"), kd_distance(s, t, "sq_l2"), atol=1e-6)
+    assert torch.allclose(kd_distance(big_s, big_t, "mse") * 16, kd_distance(s, t, "mse"), atol=1e-6)
+    with pytest.raises(DistillerError, match="distance='l1' unknown"):
+        make("rgb", distance="l1")
     x, teacher, y = batch()
     _, st = Toy()(x)
     t10 = make("rgb")(st, teacher, y)["kd_rgb"]

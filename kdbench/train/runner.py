@@ -202,7 +202,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
                      distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
-                     progress=progress,
+                     progress=progress, warn=log,
                      on_epoch=lambda row: emit("epoch_end", rec.config, row))
         clock.lap("train")
         if rt.is_main:

@@ -13,7 +13,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
 from kdbench.io import BackgroundSaver, safe_load
+from kdbench.train import balance
 from kdbench.train.metrics import forgery_metrics
 from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
@@ -44,25 +45,20 @@ class FitResult:
     best_state: dict[str, Tensor] = field(repr=False)
 
 
-def grad_cosine(terms: Mapping[str, Tensor], taps: Mapping[str, Tensor]) -> float | None:
-    """Batch-mean cosine between the gradients of ``kd_rgb`` and ``kd_fre`` w.r.t. the
-    student taps (the paper's Fig. 4 quantity). ``taps`` are what the distiller was given:
-    ``train_step`` gives it a view of each tap, so the gradients stop there and this
-    back-propagates through the distiller's own heads only. On the taps themselves a
-    multi-stage distiller's (AT, VID) gradient at stage 1 would also gather what reaches
-    it through the backbone from stages 2-4, and a compiled student could not give that."""
-    if "kd_rgb" not in terms or "kd_fre" not in terms:
-        return None
-    inputs = [t for t in taps.values() if t.requires_grad]
-    if not inputs:
+def grad_cosine(tap_grads: Mapping[str, list[Tensor]]) -> float | None:
+    """Batch-mean cosine between the gradients of ``kd_rgb`` and ``kd_fre`` w.r.t. the student
+    taps (the paper's Fig. 4 quantity), from the per-term tap gradients ``balance.measure``
+    took anyway. ``train_step`` gives the distiller a view of each tap on a logging step, so
+    those gradients stop there: on the taps themselves a multi-stage distiller's (AT, VID)
+    gradient at stage 1 would also gather what reaches it through the backbone from stages
+    2-4, and a compiled student could not give that."""
+    if "kd_rgb" not in tap_grads or "kd_fre" not in tap_grads:
         return None
 
-    def flat(term: Tensor) -> Tensor:
-        grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(x)).flatten(1).float()
-                          for g, x in zip(grads, inputs)], dim=1)
+    def flat(grads: list[Tensor]) -> Tensor:
+        return torch.cat([g.flatten(1).float() for g in grads], dim=1)
 
-    gr, gf = flat(terms["kd_rgb"]), flat(terms["kd_fre"])
+    gr, gf = flat(tap_grads["kd_rgb"]), flat(tap_grads["kd_fre"])
     return float(F.cosine_similarity(gr, gf, dim=1, eps=1e-12).mean())
 
 
@@ -145,27 +141,34 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
-               watch: LossWatch | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
+               watch: LossWatch | None = None, student_params: Sequence[nn.Parameter] = ()
+               ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """One optimisation step: CE + the distiller's terms under autocast, one backward,
     gradient averaging across processes, the distiller's leader step, the optimizer step.
-    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward)."""
+    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward).
+    On a logging step (``info.log``) the diagnostics get each term's loss balance
+    (``kdbench.train.balance``; over ``student_params``, the student's own parameters) and
+    Fig. 4's cosine."""
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
-    diagnose = info.log and distiller is not None and distiller.mode == "both" \
-        and not getattr(distiller, "reports_grad_cos", False)
+    diagnose = info.log and distiller is not None
     with rt.autocast():
         logits, taps = forward(x)
         terms = {"ce": F.cross_entropy(logits, y)}
         if distiller is not None:
             student = {k: taps[k] for k in distiller.student_taps()}
-            if diagnose:  # the Fig. 4 cosine: see grad_cosine. The loss then runs eagerly, as a compiled
-                # one (``--compile``: its buffers donated to one backward) refuses a term-by-term backward
+            if diagnose:  # loss balance and Fig. 4's cosine: see balance.measure. The loss then runs
+                # eagerly, as a compiled one (``--compile``: its buffers donated to one backward)
+                # refuses a term-by-term backward
                 student = {k: v.view_as(v) for k, v in student.items()}
             kd = (distiller.forward if diagnose else distiller)(student, feats, y)
             terms.update(kd)
     if diagnose:
-        cos = grad_cosine(kd, student)
+        ratios, tap_grads = balance.measure(kd, terms["ce"], student, taps, student_params)
+        diag.update(ratios)
+        cos = grad_cosine(tap_grads) if distiller.mode == "both" \
+            and not getattr(distiller, "reports_grad_cos", False) else None
         if cos is not None:
             diag["grad_cos"] = cos
     loss = sum(terms.values())
@@ -195,6 +198,7 @@ def fit(
     label: str = "train",
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` (a ``(logits, taps)`` module) and return test metrics at the best-val epoch.
 
@@ -202,10 +206,12 @@ def fit(
     training sample, on the device or in host memory: they are batched with the frames)
     and, for taps not cached, from ``online_teacher(x)`` on the batch the student sees.
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
-    the same ``identity`` the run resumes from it.
+    the same ``identity`` the run resumes from it. ``warn``: where the one loss-balance
+    warning goes (default: above the progress bar).
     """
     extra = distiller.student_parameters() if distiller is not None else []
-    params = [*model.parameters(), *extra]
+    student_params = list(model.parameters())
+    params = [*student_params, *extra]
     opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     gen = torch.Generator().manual_seed(seed)
@@ -233,6 +239,7 @@ def fit(
     forward = compiled_step(model, distiller) if rt.compile else model
     sources = {"frames": train.images, **(features or {})}
     watch = LossWatch.for_run(rt, cfg.log_every)
+    warned = start_epoch > 0  # a resumed run warned when it started
     with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
         task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
         for epoch in range(start_epoch, cfg.epochs):
@@ -254,12 +261,18 @@ def fit(
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
                                 batch_size=len(global_batches[i]))
                 feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
-                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch)
+                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch,
+                                         student_params=student_params)
                 for k, v in terms.items():  # summed on the device: no host sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
                 seen += len(idx)
                 if diag:
                     history["diagnostics"].append({"step": step, "epoch": epoch, **diag})
+                    if not warned and distiller is not None:  # once, after the run's first logging step
+                        warned = True
+                        line = balance.warning(diag, distiller.hp)
+                        if line is not None and rt.is_main:
+                            (warn or bar.console.print)(line)
                 stats = None
                 if log or i == steps_per_epoch - 1:
                     rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
@@ -291,6 +304,7 @@ def fit(
                 on_epoch(row)
 
     assert best is not None, "no epoch ran"
+    history["balance"] = balance.summarise(history["diagnostics"])
     model.load_state_dict(best[3])  # selected on validation; test is evaluated once, here
     test_metrics = evaluate(model, test, cfg.eval_batch_size, rt)
     return FitResult(best_epoch=best[1], val=best[2], test=test_metrics, history=history, best_state=best[3])
