@@ -11,7 +11,8 @@ maps and power-of-two ratios; here every resize names an explicit (H, W):
 * ``HintRegressor`` (FitNet) and ``VIDRegressor`` (VID) map the student's
   channels to the teacher's and resample to the teacher's (H, W), so the teacher
   map, the regression target, is never altered and one cached teacher tap
-  serves every student.
+  serves every student. Neither clips a signed target: VID's mean ends in a
+  conv, FitNet's ReLU is kept only for a non-negative teacher tap.
 
 Channel and spatial handling are separate modules so each is testable alone.
 """
@@ -95,15 +96,22 @@ class SpatialAlign(nn.Module):
 
 
 class HintRegressor(nn.Sequential):
-    """FitNet connector: conv (C_s -> C_t), resize to the teacher's (H, W), BN, ReLU.
+    """FitNet connector: conv (C_s -> C_t), resize to the teacher's (H, W), BN, then a ReLU
+    only where the teacher's hint is non-negative.
 
     RepDistiller's ConvReg (conv, BN, ReLU) with the spatial part made explicit:
     its kernel/stride rules only cover equal, doubled or halved square maps. The
-    state-dict keys (``conv.*``, ``bn.*``) match torchdistill's ``ConvReg``. The
-    ReLU matches post-ReLU teacher stage outputs.
+    state-dict keys (``conv.*``, ``bn.*``) match torchdistill's ``ConvReg``.
+    ConvReg's ReLU fits post-ReLU ResNet stage outputs; Xception's block outputs
+    are signed (about half their entries negative), and a ReLU would leave that half
+    out of reach and without gradient. Whether to clip is a property of the teacher's
+    tap, never of the student: ``clip`` True/False fixes it; None (the default) lets
+    the first target it is shown decide (``decide``: clip iff it has no negative
+    entry). A post-ReLU tap is never negative, a signed one is on any real batch.
     """
 
-    def __init__(self, student: tuple[int, int, int], teacher: tuple[int, int, int], kernel: int = 1) -> None:
+    def __init__(self, student: tuple[int, int, int], teacher: tuple[int, int, int], kernel: int = 1,
+                 clip: bool | None = None) -> None:
         if kernel < 1 or kernel % 2 == 0:
             raise DistillerError(f"kernel={kernel}: an odd kernel size >= 1 is needed (same padding)")
         cs, ct = student[0], teacher[0]
@@ -115,6 +123,21 @@ class HintRegressor(nn.Sequential):
                 relu=nn.ReLU(),
             )
         )
+        self.clip = clip
+
+    def decide(self, target: Tensor) -> None:
+        """Fix ``clip`` from the teacher's hint on its first batch (one host read per run)."""
+        if self.clip is None:
+            self.clip = not bool((target < 0).any())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.clip is None:
+            raise RuntimeError("HintRegressor: call decide(teacher_hint) before the first forward")
+        x = self.bn(self.align(self.conv(x)))
+        return self.relu(x) if self.clip else x
+
+    def extra_repr(self) -> str:
+        return f"clip={self.clip}"
 
 
 class VIDRegressor(nn.Module):

@@ -3,8 +3,9 @@
 L = beta * MSE(regressor(student hint), teacher hint), the regressor being a
 conv (C_s -> C_t) + resize to the teacher's (H, W) + BN + ReLU
 (``kdbench.connectors.HintRegressor``): RepDistiller's ConvReg with explicit,
-any-shape spatial alignment. Both mode adds the same term against the frequency
-branch with its own regressor. The hint pre-training stage of the paper (and of
+any-shape spatial alignment, its ReLU kept only where the teacher's hint is
+non-negative (a ResNet teacher's; an Xception block output is signed). Both mode
+adds the same term against the frequency branch with its own regressor. The hint pre-training stage of the paper (and of
 torchdistill's sample) is not run: kdbench follows RepDistiller's one-stage
 recipe, which the paper's "default settings" refer to.
 """
@@ -52,8 +53,10 @@ class FitNet(Distiller):
         s = student[self.hint]
         terms = {}
         for b in self.branches:
+            target = teacher[f"{b}.{self.hint}"]
+            self.regressors[b].decide(target)
             pred = self.regressors[b](s)
-            terms[f"kd_{b}"] = self.hp["beta"] * F.mse_loss(pred, teacher[f"{b}.{self.hint}"].to(pred.dtype))
+            terms[f"kd_{b}"] = self.hp["beta"] * F.mse_loss(pred, target.to(pred.dtype))
         return terms
 
 

@@ -110,13 +110,14 @@ def ref_vid(student: Tensor, teacher: Tensor, weights: list[Tensor], alpha: Tens
 
 
 def ref_fitnet(student: Tensor, teacher: Tensor, conv_w: Tensor, conv_b: Tensor,
-               bn_w: Tensor, bn_b: Tensor, bn_eps: float = 1e-5) -> Tensor:
+               bn_w: Tensor, bn_b: Tensor, bn_eps: float = 1e-5, clip: bool = True) -> Tensor:
     """Romero et al. (single stage, RepDistiller style): MSE between the teacher hint and
-    ReLU(BN_train(resize(conv(student)))), BN using the batch's biased statistics."""
+    ReLU(BN_train(resize(conv(student)))), BN using the batch's biased statistics; without the
+    ReLU when ``clip`` is False (a signed hint)."""
     k = conv_w.shape[-1]
     x = F.conv2d(student.double(), conv_w.double(), conv_b.double(), padding=k // 2)
     x = ref_resize(x, tuple(teacher.shape[2:]))
     mu = x.mean(dim=(0, 2, 3), keepdim=True)
     var = ((x - mu) ** 2).mean(dim=(0, 2, 3), keepdim=True)
     x = (x - mu) / torch.sqrt(var + bn_eps) * bn_w.double().view(1, -1, 1, 1) + bn_b.double().view(1, -1, 1, 1)
-    return ((x.clamp_min(0) - teacher.double()) ** 2).mean()
+    return (((x.clamp_min(0) if clip else x) - teacher.double()) ** 2).mean()

@@ -86,9 +86,9 @@ def reference(method, d, s, t, branch):
             ws = [r.regressor[i].weight.detach() for i in (0, 2, 4)]
             total = total + ref.ref_vid(s[st], t[f"{branch}.{st}"], ws, r.alpha.detach(), d.hp["eps"])
         return beta * total
-    r = d.regressors[branch]
-    return beta * ref.ref_fitnet(s["stage2"], t[f"{branch}.stage2"], r.conv.weight.detach(), r.conv.bias.detach(),
-                                 r.bn.weight.detach(), r.bn.bias.detach(), r.bn.eps)
+    r, hint = d.regressors[branch], t[f"{branch}.stage2"]
+    return beta * ref.ref_fitnet(s["stage2"], hint, r.conv.weight.detach(), r.conv.bias.detach(),
+                                 r.bn.weight.detach(), r.bn.bias.detach(), r.bn.eps, clip=bool((hint >= 0).all()))
 
 
 # -- registry ------------------------------------------------------------------
@@ -186,15 +186,21 @@ def test_vid_equals_torchdistill():
     close(run(d, s, t)["kd_rgb"], VIDLoss(pairs)(s_io, io(t)))
 
 
+@pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_fitnet_equals_torchdistill_convreg(kernel):
+def test_fitnet_equals_torchdistill_convreg(kernel, signed):
+    """torchdistill's ConvReg (conv, BN, ReLU) on a non-negative hint; on a signed hint the same
+    without its ReLU (the teacher's tap decides, not the student's)."""
     s_sh, t_sh = shapes((8, 6, 5), (12, 6, 5))
     s, t = random_taps(s_sh), random_taps(t_sh, seed=1)
+    if not signed:
+        t = {k: v.abs() for k, v in t.items()}
     d = create_distiller("fitnet", "rgb", s_sh, t_sh, kernel=kernel)
-    convreg = ConvReg(8, 12, kernel_size=kernel, stride=1, padding=kernel // 2)
+    convreg = ConvReg(8, 12, kernel_size=kernel, stride=1, padding=kernel // 2, uses_relu=not signed)
     convreg.load_state_dict(d.regressors["rgb"].state_dict())
     golden = F.mse_loss(convreg(s["stage2"]), t["rgb.stage2"])
     close(run(d, s, t)["kd_rgb"], 100 * golden)
+    assert d.regressors["rgb"].clip is not signed
 
 
 # -- golden values: closed form on hand-checkable tensors ----------------------
@@ -426,3 +432,35 @@ def test_smoke_step(method, mode, student_name, teacher, students):
     assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
     assert any(g.abs().sum() > 0 for g in tap_grads)  # the KD terms reach the student
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+
+
+def test_fitnet_reaches_the_signed_hints_of_an_xception_teacher():
+    """Xception's block outputs are signed: FitNet's regressor must reach the negative half of
+    its hint. Fitted on fixed student maps, its error falls below the floor any non-negative
+    output has (the negative entries' mean square), which a ReLU-ended regressor cannot pass."""
+    from kdbench.models.students import build_student
+    from kdbench.models.taps import probe_shapes
+    from kdbench.models.teacher import DualBranchTeacher
+
+    size = 64
+    torch.manual_seed(0)
+    teacher, student = DualBranchTeacher("xception", size, proj_channels=32).eval(), build_student("res18t")
+    x = torch.randn(8, 3, size, size)
+    with torch.no_grad():
+        _, t_taps = teacher(x, wanted=["rgb.stage2", "fre.stage2"])
+        _, s_taps = student(x)
+    hint = t_taps["rgb.stage2"]
+    assert 0.2 < float((hint < 0).float().mean()) < 0.8  # signed: the premise of this test
+    d = create_distiller("fitnet", "rgb", probe_shapes(student, size), probe_shapes(teacher, size))
+    s = {"stage2": s_taps["stage2"]}
+    d({**s}, {"rgb.stage2": hint}, None)
+    assert d.regressors["rgb"].clip is False
+    floor = float(hint.clamp_max(0).square().mean())  # the best any output >= 0 can do
+    opt = torch.optim.Adam(d.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = d(s, {"rgb.stage2": hint}, None)["kd_rgb"] / d.hp["beta"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pred = d.regressors["rgb"](s["stage2"])
+    assert float(loss.detach()) < 0.95 * floor and float((pred < 0).float().mean()) > 0.2
