@@ -228,3 +228,37 @@ def test_table_finds_cells_run_with_teacher_weights_and_data_options(cli, tmp_pa
     other = cli("table", 3, "--students", "res18t", "--format", "csv", "--teacher-weights", moved,
                 "--workdir", tmp_path)  # the data option is part of the cell
     assert "77.0000" not in other.stdout
+
+
+def test_loss_balance_table_and_table3_marker(tmp_path, cli):
+    """`kdbench table balance` lists each run's terms with their start/middle/end ratios (seeds in
+    log space); a term outside [1e-3, 1e3] at the start is flagged there and marks Table 3's cell."""
+    store = ResultsStore(Workspace(tmp_path).store_path)
+    cells = {(c.cfg.method, c.cfg.mode): c for c in expand("table3") if c.cfg.student == "res18t"}
+
+    def summary(taps, student):
+        return {p: {"kd_rgb": {"step": i * 10, "taps": taps * (i + 1), "student": student}}
+                for i, p in enumerate(("start", "middle", "end"))}
+
+    for seed, ratio in enumerate((1e-4, 4e-4)):  # geometric mean 2e-4: too weak
+        rec = fake_record(dataclasses.replace(cells[("fitnet", "rgb")].cfg, seed=seed), 70.0)
+        rec.history["balance"] = summary(ratio, 0.5)
+        store.put(rec)
+    rec = fake_record(cells[("at", "rgb")].cfg, 75.0)
+    rec.history["balance"] = summary(0.3, 0.2)
+    store.put(rec)
+    from kdbench.report.tables import Marked, balance_table
+
+    grid = balance_table(store, "cpu", None, None, None)
+    rows = {r[2]: r for r in grid.rows}
+    assert rows.keys() == {"FitNet", "AT"}
+    fit = dict(zip(grid.header, rows["FitNet"]))
+    assert fit["n"] == "2" and fit["taps start"] == "2.0e-04" and fit["taps middle"] == "4.0e-04"
+    assert fit["flag"].endswith("too weak") and dict(zip(grid.header, rows["AT"]))["flag"] == ""
+    table3 = build_table(3, store)
+    t3 = dict(zip(table3.header, next(r for r in table3.rows if r[1] == "Res18-T")))
+    assert isinstance(t3["FitNet RGB"], Marked) and t3["FitNet RGB"].mark == "†"
+    assert not isinstance(t3["AT RGB"], Marked)
+    assert any(n.startswith("†") for n in table3.notes)
+    res = cli("table", "balance", "--format", "csv", "--workdir", tmp_path)
+    assert res.exit_code == 0 and "kd_rgb" in res.stdout and "too weak" in res.stdout

@@ -10,7 +10,7 @@ import typer
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
                                 cell_options, check_choice, check_names, cli_errors, out, split_list, workspace)
 
-TABLES = (1, 3, 4, 5, 6, 7)
+TABLES = (1, 3, 4, 5, 6, 7, "balance")
 FORMATS = ("rich", "markdown", "latex", "csv")
 SeedsOpt = typer.Option(None, "--seeds", help="Comma-separated seeds to keep (default: all found).")
 ProfileOpt = typer.Option("cpu", "--profile", "-p", help="Profile whose runs to show.")
@@ -18,7 +18,7 @@ ProfileOpt = typer.Option("cpu", "--profile", "-p", help="Profile whose runs to 
 
 @cli_errors
 def table(
-    number: int = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7."),
+    number: str = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7 | balance (each KD term's gradient beside CE's)."),
     fmt: str = typer.Option("rich", "--format", help="rich | markdown | latex | csv."),
     profile: str = ProfileOpt,
     students: Optional[str] = StudentsOpt,
@@ -31,22 +31,29 @@ def table(
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
-    """Render Table 1 (from the models) or Tables 3-7 (from the results store)."""
+    """Render Table 1 (from the models), Tables 3-7 or the loss-balance table (from the results store)."""
     from kdbench.grid import parse_seeds
 
-    check_choice("table", number, TABLES)
+    which: int | str = int(number) if number.isdigit() else number
+    check_choice("table", which, TABLES)
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc"))
-    if number == 1:
+    if which == 1:
         from kdbench.report.complexity import table1_grid
 
         grid = table1_grid(paper)
+    elif which == "balance":
+        from kdbench.report.tables import balance_table
+
+        check_names(split_list(students) or [])
+        grid = balance_table(open_store(workspace(workdir)), profile, split_list(students), split_list(datasets),
+                             parse_seeds(seeds) if seeds else None)
     else:
         from kdbench.report.tables import build_table
 
         check_names(split_list(students) or [])
         store = open_store(workspace(workdir))
-        grid = build_table(number, store, profile, split_list(students), split_list(datasets),
+        grid = build_table(int(which), store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
                            cell_options(config, teacher_weights, data))
     emit(grid, fmt)

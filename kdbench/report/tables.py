@@ -26,6 +26,9 @@ METHOD_NAMES = {"vanilla": "Vanilla", "tokd": "TOKD", "at": "AT", "pkt": "PKT", 
 STUDENT_NAMES = {"res18t": "Res18-T", "res34t": "Res34-T", "xception": "Xception"}
 BOTH_NOTE = ("Both = the RGB term plus the same loss on the teacher's frequency branch (its own connector), "
              "with the same weight.")
+UNBALANCED = "†"
+UNBALANCED_NOTE = ("†: a distillation term's gradient was below 1e-3 or above 1e3 of CE's at the start of "
+                   "training (in a seed's run): its weight is far off; `kdbench table balance` has the ratios.")
 MARK_NOTE = ("Mark on Both vs RGB: ↑/↓ when |mean_Both − mean_RGB| > SE = sqrt(s_RGB²/n_RGB + s_Both²/n_Both); "
              "≈ when within one SE (noise); ? when a cell has a single seed (no error estimate).")
 
@@ -193,6 +196,7 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
     cells = look.cells("table3", profile=profile, students=students, datasets=datasets)
     get = test_metric(metric)
     stats = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): look.stat(c, get) for c in cells}
+    unbalanced = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): off_balance(look.records(c)) for c in cells}
     methods = [m for m in METHOD_ORDER if any(k[2] == m for k in stats)]
     methods += ordered(k[2] for k in stats if k[2] not in methods and k[2] != "vanilla")
     header = ["Dataset", "Student", "Vanilla"] + [f"{METHOD_NAMES.get(m, m)} {mode}" for m in methods
@@ -204,7 +208,9 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
             row: list[Entry] = [dataset_name(ds), STUDENT_NAMES.get(st, st), stats.get((ds, st, "vanilla", "rgb"))]
             for m in methods:
                 rgb, both = stats.get((ds, st, m, "rgb")), stats.get((ds, st, m, "both"))
-                row += [rgb, Marked(both, direction(rgb, both)) if both is not None else None]
+                flag = {mode: UNBALANCED if unbalanced.get((ds, st, m, mode)) else "" for mode in ("rgb", "both")}
+                row += [Marked(rgb, flag["rgb"]) if rgb is not None and flag["rgb"] else rgb,
+                        Marked(both, f"{direction(rgb, both)} {flag['both']}".strip()) if both is not None else None]
             rows.append(row)
             if paper:
                 name, _ = paper_dataset(ds)
@@ -215,6 +221,8 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
                     prow += [Paper(p_rgb), Paper(p_both, paper_direction(p_rgb, p_both))]
                 rows.append(prow)
     notes = [BOTH_NOTE, MARK_NOTE, *common_notes(look, metric, profile)]
+    if any(unbalanced.values()):
+        notes.append(UNBALANCED_NOTE)
     if paper:
         notes += paper_notes("Table 3 (non-pretrained students)", (c.cfg.dataset for c in cells))
         if metric != pub["metric"]:
@@ -347,6 +355,84 @@ def table7(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
         notes += paper_notes("Table 7 (trained on FF++(c40), tested on Celeb-DF)",
                              (x for c in cells for x in (c.cfg.dataset, c.cfg.test_dataset or c.cfg.dataset)))
     return Grid("Table 7: cross-dataset testing", header, rows, notes)
+
+
+def off_balance(records: Iterable[RunRecord]) -> bool:
+    """Whether any run's loss balance at the start of training is outside [LOW, HIGH]."""
+    from kdbench.train import balance
+
+    return any(balance.flagged(balance.phase_row((r.history or {}).get("balance") or {}, "start"))
+               for r in records)
+
+
+def geomean(values: Sequence[float]) -> float:
+    """Ratios span orders of magnitude: seeds are averaged in log space (NaN if any is not > 0)."""
+    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+        return math.nan
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def settings(rec: RunRecord) -> str:
+    """The run's hyper-parameters that differ from its distiller's defaults, e.g. "alpha=100"."""
+    from kdbench.plugins import get_distiller_class
+
+    try:
+        defaults = get_distiller_class(rec.method).defaults
+    except Exception:  # noqa: BLE001 - a plugin no longer installed: show every value
+        defaults = {}
+    hp = rec.config.get("hp") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(hp.items()) if k not in defaults or defaults[k].value != v)
+
+
+def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | None,
+                  datasets: Sequence[str] | None, seeds: Sequence[int] | None) -> Grid:
+    """Every finished run of ``profile`` that logged loss-balance ratios, one row per cell and term:
+    each term's gradient norm over CE's at the distiller's taps and over the student's parameters,
+    at the start, middle and end of training (geometric mean over seeds); † outside [LOW, HIGH]."""
+    from kdbench.train import balance
+
+    groups: dict[tuple, list[RunRecord]] = {}
+    for rec in store.query("profile = ? AND status = 'done'", (profile,)):
+        if (students and rec.student not in students) or (datasets and rec.dataset not in datasets) \
+                or (seeds is not None and rec.seed not in seeds) or not (rec.history or {}).get("balance"):
+            continue
+        groups.setdefault((rec.dataset, rec.student, rec.method, rec.mode, rec.cell), []).append(rec)
+    if not groups:
+        raise NoDataError(f"no finished run of profile {profile!r} with loss-balance ratios in {store.path}; "
+                          "they are logged on every logging step (train.log_every > 0) since kdbench 0.2")
+    order = {m: i for i, m in enumerate(("vanilla", *METHOD_ORDER))}
+    header = ["Dataset", "Student", "Method", "Mode", "Settings", "Term", "n",
+              *(f"taps {p}" for p in balance.PHASES), *(f"student {p}" for p in balance.PHASES), "flag"]
+    rows: list[list[Entry]] = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], len(order)), k[2], k[3], k[4])):
+        ds, st, method, mode, _ = key
+        recs = groups[key]
+        summaries = [r.history["balance"] for r in recs]
+        for term in ordered(t for s in summaries for t in s.get("start", {})):
+            def at(where: str, phase: str) -> float:
+                return geomean([s[phase][term][where] for s in summaries if term in s.get(phase, {})])
+
+            values = {(w, p): at(w, p) for w in balance.WHERE for p in balance.PHASES}
+            start = {balance.key(w, term): values[(w, "start")] for w in balance.WHERE}
+            flag = balance.flagged(start)
+            word = ""
+            if flag:
+                low = min(v for v in start.values() if math.isfinite(v)) < balance.LOW if any(
+                    math.isfinite(v) for v in start.values()) else False
+                word = f"{UNBALANCED} {'too weak' if low else 'too strong'}"
+            rows.append([dataset_name(ds), STUDENT_NAMES.get(st, st), METHOD_NAMES.get(method, method),
+                         mode.upper() if mode == "rgb" else mode.capitalize(), settings(recs[0]) or "defaults",
+                         term, str(len(recs)),
+                         *(f"{values[('taps', p)]:.1e}" for p in balance.PHASES),
+                         *(f"{values[('student', p)]:.1e}" for p in balance.PHASES), word])
+    notes = [f"Loss balance, profile {profile!r}: ||d term/d x|| / ||d CE/d x|| with x the student taps the "
+             "distiller reads (taps) or all the student's parameters (student), at the first logging step "
+             "(start), the one nearest mid-training (middle) and the last (end); geometric mean over n seeds.",
+             f"{UNBALANCED}: outside [{balance.LOW:g}, {balance.HIGH:g}] at the start by either measure: the term "
+             "barely moves the student (too weak) or drowns CE (too strong); its weight is far off. "
+             "Late in training CE's gradient shrinks as the training set is fitted, so end ratios grow "
+             "for every method. docs/tables.md, \"Loss balance\"."]
+    return Grid(f"Loss balance: distillation terms beside CE ({profile} profile)", header, rows, notes)
 
 
 BUILDERS = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7}
