@@ -15,8 +15,8 @@ from kdbench.report.tables import MISSING, Entry, Grid, Marked, Paper, Stat
 
 FORMATS = ("rich", "markdown", "latex", "csv")  # rich: print_rich; the rest: render
 LATEX = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "≈": r"$\approx$", "–": "--", "−": "-",
-         "✓": r"\checkmark", "†": r"$^\dagger$", "α": r"$\alpha$", "²": r"$^2$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#",
-         "∇": r"$\nabla$", "→": r"$\to$"}
+         "✓": r"\checkmark", "α": r"$\alpha$", "²": r"$^2$", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#",
+         "∇": r"$\nabla$", "→": r"$\to$", "†": r"$^\dagger$"}
 
 
 def entry_text(e: Entry) -> str:
