@@ -1,7 +1,8 @@
 """Training-step speed of kdbench's paths, as ratios measured in one run on one machine.
 
 (a) each distiller's step throughput as a ratio to the vanilla student's, and the
-    cost of the RGB-vs-frequency gradient-cosine diagnostic on a step that logs it;
+    cost of a logging step's diagnostics (the loss balance of every term and the
+    RGB-vs-frequency gradient cosine) on a step that logs them;
 (b) the cached-teacher step against an online-teacher step (the way
     torchdistill and RepDistiller run: the whole teacher forward per batch), per
     student, and against kdbench's own online fallback, which stops the teacher
@@ -92,7 +93,8 @@ class Case:
             self.teacher_feats = self.online["full"]
         self.forward = compiled_step(self.model, self.distiller, compile) if compile else self.model
         self.graphs = compile == "reduce-overhead"  # CUDA graphs: each step must say it is a new one
-        self.params = [*self.model.parameters(), *(self.distiller.student_parameters() if self.distiller else [])]
+        self.student_params = list(self.model.parameters())
+        self.params = [*self.student_params, *(self.distiller.student_parameters() if self.distiller else [])]
         self.opt = make_optimizer(self.params, rt, lr=1e-4)
         self.watch = LossWatch.for_run(rt, log_every=20)  # as the trainer checks
         n = args.batch
@@ -124,10 +126,11 @@ class Case:
         batch = dict(batch or {})
         x = self.x(batch.pop("frames", self.frames_dev))
         feats = self.online[online](x) if online and self.distiller else (batch or self.feats)
-        info = replace(self.info, log=diagnose)  # log=True: the RGB-vs-frequency gradient cosine this step
+        info = replace(self.info, log=diagnose)  # log=True: loss balance and the gradient cosine this step
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, info, self.watch)
+        train_step(self.forward, self.distiller, self.opt, self.params, self.rt, x, self.y, feats, info, self.watch,
+                   student_params=self.student_params)
 
     def loop(self, steps: int, host_frames: bool = False, host_feats: bool = False) -> float:
         """Seconds per step over a loop of ``steps`` trainer-fed steps: frames and cached features
@@ -241,7 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res.setdefault("a_grad_cosine_overhead", []).append(
                 {"student": s, "method": "fitnet", "every_step_img_per_s": diag["img_per_s"],
                  "never_img_per_s": plain["img_per_s"], "ratio": diag["img_per_s"] / plain["img_per_s"],
-                 "note": "the trainer computes it every log_every steps, so its cost is this / log_every"})
+                 "note": "a logging step (every term's loss balance and the gradient cosine); the trainer "
+                         "logs every log_every steps, so its cost is this / log_every"})
         if "b" in sections:
             cached = measure(args, rt, teacher, s, "fitnet", "both")
             online = measure(args, rt, teacher, s, "fitnet", "both", online="full")
