@@ -25,7 +25,7 @@ def norm(grads):
     return math.sqrt(sum(float(g.square().sum()) for g in grads if g is not None))
 
 
-@pytest.mark.parametrize("method", ["at", "fitnet"])
+@pytest.mark.parametrize("method", ["at", "fitnet", "pkt"])  # pkt: the "pooled" tap
 def test_ratios_are_gradient_norms_of_each_term_over_ces(method):
     """Each term's ratio, recomputed here from fresh forwards: at the taps, the term's partial
     derivative at the (detached) taps over CE's derivative at them; over the student, the

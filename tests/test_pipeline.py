@@ -97,6 +97,7 @@ def test_two_identical_runs_are_identical(tmp_path):
         assert stored.status == "done" and stored.metrics["test"] == rec.metrics["test"]
         assert {"kd_rgb", "kd_fre"} <= {k[5:] for k in rec.history["epochs"][0] if k.startswith("loss_")}
         assert any("grad_cos" in d for d in rec.history["diagnostics"])
+        assert set(rec.history["balance"]["start"]) == {"kd_rgb", "kd_fre"}
     assert metrics[0] == metrics[1]
 
 
@@ -304,3 +305,27 @@ def test_the_trainer_tells_the_leader_step_its_global_batch(smoke_workspace, mon
     cfg = smoke("tokd", mode="both", train={"epochs": 1})
     run(cfg, smoke_workspace, ResultsStore(smoke_workspace.store_path), RT, log=lambda m: None, progress=False)
     assert seen and seen[0] == cfg.train.batch_size and all(0 < r <= cfg.train.batch_size for r in seen)
+
+
+@pytest.mark.slow
+def test_every_distiller_records_its_loss_balance_and_the_table_shows_it(smoke_workspace):
+    """A smoke run of each built-in distiller stores each KD term's start/middle/end ratios in its
+    record, and `kdbench table balance` lists every one of them."""
+    from typer.testing import CliRunner
+
+    from kdbench.cli import app
+    from kdbench.plugins import available_distillers
+
+    store = ResultsStore(smoke_workspace.store_path)
+    methods = sorted(m for m in available_distillers() if m != "vanilla")
+    for method in methods:
+        rec = run(smoke(method, mode="both"), smoke_workspace, store, RT, log=lambda m: None, progress=False)
+        summary = ResultsStore(smoke_workspace.store_path).get(rec.hash).history["balance"]
+        assert set(summary) == {"start", "middle", "end"} and set(summary["start"]) == {"kd_rgb", "kd_fre"}
+        assert all(v["taps"] > 0 and v["student"] > 0 for v in summary["start"].values())
+    res = CliRunner().invoke(app, ["table", "balance", "--profile", "smoke", "--format", "csv",
+                                   "--workdir", str(smoke_workspace.root)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    for method in methods:
+        assert sum(1 for line in lines if f",{method}," in line.lower().replace(" ", "")) >= 2, method

@@ -28,8 +28,14 @@ class TappedModel(nn.Module):
             modules[path].register_forward_hook(self._hook(tap))
 
     def _hook(self, tap: str):
-        def save(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            self._store[tap] = output.flatten(1) if tap == "pooled" else output
+        def save(_module: nn.Module, _inputs: tuple, output: Tensor) -> Tensor | None:
+            if tap != "pooled":
+                self._store[tap] = output
+                return None
+            # the (N, C) view is handed on in the output's shape, so the tap lies on the path to the
+            # logits (same values): CE's gradient at it exists (kdbench.train.balance measures it)
+            flat = self._store[tap] = output.flatten(1)
+            return flat.view_as(output)
 
         return save
 
