@@ -10,8 +10,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from kdbench.cli.common import WorkdirOpt, check_choice, cli_errors, log, out, workspace
-from kdbench.store import ResultsStore
+from kdbench.cli.common import WorkdirOpt, check_choice, cli_errors, error, log, out, results_store, workspace
 
 
 @cli_errors
@@ -22,11 +21,14 @@ def results(
 ) -> None:
     """List stored runs, or export them."""
     check_choice("format", fmt, ("table", "json", "csv"))
-    store = ResultsStore(workspace(workdir).store_path)
+    path = workspace(workdir).store_path
     if delete:
-        store.delete(delete)
+        if not results_store(path).delete(delete):
+            error(f"no record {delete} in {path} (see `kdbench results` for the stored hashes)")
+            raise typer.Exit(2)
         log(f"deleted {delete}")
         return
+    store = results_store(path, readonly=True)
     recs = store.query()
     if fmt == "json":
         out.print_json(json.dumps([r.__dict__ for r in recs], default=str))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,8 +12,7 @@ from rich.table import Table
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
                                 ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
                                 build_config, cell_options, check_names, cli_errors, console, data_options, log, out,
-                                split_list, workspace)
-from kdbench.store import ResultsStore
+                                results_store, split_list, workspace)
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
 
@@ -52,18 +52,26 @@ def run(
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
                        data_options(data, data_root), data_options([], test_data_root))
+    from kdbench.io import locked
+
     ws = workspace(workdir)
-    store = ResultsStore(ws.store_path)
-    done = store.get(cfg.hash)
-    if done is not None and done.status == "done":
-        log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-        rec = done
-    else:
+    store = results_store(ws.store_path)
+    rec = store.get(cfg.hash)
+    if rec is None or rec.status != "done":
         rt = make_runtime(device, precision, compile_model)
-        rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
-                      progress=progress and console.is_terminal)
-        if not rt.is_main:
-            return
+        # the same run started twice: the second waits for the first, then takes its record
+        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
+            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
+        with one_process:
+            rec = store.get(cfg.hash)
+            if rec is None or rec.status != "done":
+                rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
+                              progress=progress and console.is_terminal)
+                if not rt.is_main:
+                    return
+                print_metrics(rec)
+                return
+    log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
     print_metrics(rec)
 
 
@@ -112,7 +120,7 @@ def grid(
                    **cell_options(config, teacher_weights, data, data_root, test_data_root))
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
-    store = ResultsStore(ws.store_path)
+    store = results_store(ws.store_path)
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
         table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile)")
