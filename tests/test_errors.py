@@ -7,7 +7,7 @@ import sys
 import pytest
 from test_plugins import install_fake
 
-from kdbench.store import ResultsStore
+from kdbench.store import ResultsStore, RunRecord
 
 NAN_PLUGIN = '''
 import torch
@@ -160,3 +160,18 @@ def test_a_checkpoint_holding_a_list_is_refused(tmp_path):
     atomic_save([1, 2, 3], path)  # a valid digest: only the content is wrong
     with pytest.raises(TrainingError, match="is not a kdbench run checkpoint; delete it to start over"):
         load_checkpoint(path, "abc")
+
+
+def test_brackets_print_as_written(tmp_path, capsys):
+    """Rich markup never eats user text: install hints, stored names, paths."""
+    from kdbench.cli.common import error
+
+    error("reading videos needs PyAV: pip install 'kdbench[video]'")
+    assert "pip install 'kdbench[video]'" in capsys.readouterr().err
+    home = tmp_path / "[bold]home"
+    ResultsStore(home / "results.sqlite").put(RunRecord(
+        hash="h1", cell="c1", method="kd[v2]", mode="rgb", student="res18t", dataset="ffpp[c40]",
+        test_dataset="ffpp[c40]", profile="smoke", seed=0, spec="", status="done", config={}))
+    result = cli("results", home=home)
+    assert result.exit_code == 0, result.output
+    assert "kd[v2]" in result.output and "ffpp[c40]" in result.output and "[bold]home" in result.output
