@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
@@ -24,7 +25,7 @@ from kdbench.config import TrainConfig
 from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
-from kdbench.io import BackgroundSaver, safe_load
+from kdbench.io import BackgroundSaver, CorruptFileError, load_verified
 from kdbench.train import balance
 from kdbench.train.metrics import forgery_metrics
 from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
@@ -272,7 +273,7 @@ def fit(
                         warned = True
                         line = balance.warning(diag, distiller.hp)
                         if line is not None and rt.is_main:
-                            (warn or bar.console.print)(line)
+                            (warn or (lambda text: bar.console.print(escape(text))))(line)
                 stats = None
                 if log or i == steps_per_epoch - 1:
                     rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
@@ -313,9 +314,13 @@ def fit(
 def load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
     """A checkpoint written by ``fit`` for the same run, or a one-line error saying why not."""
     try:
-        state = safe_load(path)
+        state = load_verified(path)
+    except CorruptFileError as exc:
+        raise TrainingError(f"{exc}; delete it to start over") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
         raise TrainingError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {path} is not a kdbench run checkpoint; delete it to start over")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"checkpoint {path} has format {state.get('format')}, this kdbench writes {CHECKPOINT_FORMAT}")
     if state.get("identity") != identity:
