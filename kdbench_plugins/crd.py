@@ -19,8 +19,8 @@ back to the host every step and its alias sampler does not work for every size.
 (2 x N x 128 fp32 per branch: 118 MB per branch for FF++'s 115,200 training frames) and caps K at
 the smallest other-class pool, so a small split does not draw the same negative many times over.
 The per-step cost that dominates at scale is not the bank but the gathered negatives:
-B x (K + 1) x 128 fp32 per bank, 537 MB per branch at batch 64 and K = 16384 (1.07 GB in Both mode),
-kept for the backward. ``--hp nce_k=4096`` quarters it.
+B x (K + 1) x 128 fp32 per bank, 537 MB at batch 64 and K = 16384: 1.07 GB per branch (two banks),
+2.15 GB in Both mode, kept for the backward. ``--hp nce_k=4096`` quarters it.
 
 Negatives come from the other classes, as RepDistiller's CIFAR sampler (``mode exact``) and
 torchdistill's ``CRDDatasetWrapper`` draw them (``negatives=any``: from every sample), with

@@ -288,3 +288,25 @@ def test_trainer_weights_ce_and_passes_the_batch_index():
     assert sorted(torch.cat(seen).tolist()) == list(range(n))
     ce = result.history["epochs"][0]["loss_ce"]
     assert 0 < ce < 0.25 * 2  # the logged CE is the weighted one (CE of 2 classes at init ~ 0.7)
+
+
+# -- extended Table 3 ----------------------------------------------------------------
+def test_table3x_spec_covers_every_builtin_in_each_mode(tmp_path):
+    from typer.testing import CliRunner
+
+    from kdbench.cli import app
+    from kdbench.grid import expand
+    from kdbench.report.tables import METHOD_ORDER, build_table
+    from kdbench.store import ResultsStore
+
+    cells = expand("table3x", students=["res18t"], profile="smoke", seeds=[0])
+    found = {(c.cfg.method, c.cfg.mode) for c in cells}
+    builtins = {*METHOD_ORDER, "vanilla"}
+    expected = {(name, mode) for name, cls in available_distillers().items() if name in builtins for mode in cls.modes}
+    assert {name for name, _ in expected} == builtins
+    assert found == expected
+    grid = build_table(3, ResultsStore(tmp_path / "r.sqlite"), "smoke", ["res18t"], spec="table3x")
+    assert "KD Fused" in grid.header and "KD RGB" not in grid.header and "RKD Both" in grid.header
+    assert any("fused-head logits" in n for n in grid.notes)
+    result = CliRunner().invoke(app, ["table", "5", "--spec", "table3x", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "Table 3 only" in result.output
