@@ -4,7 +4,9 @@ import pytest
 from kdbench import available_distillers
 from kdbench.contract import check_distiller
 
-BUILTINS = ["vanilla", "fitnet", "at", "pkt", "sp", "vid", "tokd", "kd", "dkd", "dist", "rkd", "cc", "crd", "reviewkd"]
+BUILTINS = ["vanilla", "fitnet", "at", "pkt", "sp", "vid", "tokd",
+            # the later seven: in the slow set (each check builds res18t and a teacher ~14 times)
+            *(pytest.param(m, marks=pytest.mark.slow) for m in ("kd", "dkd", "dist", "rkd", "cc", "crd", "reviewkd"))]
 
 
 @pytest.mark.parametrize("name", BUILTINS)
