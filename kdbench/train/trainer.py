@@ -142,28 +142,33 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
-               watch: LossWatch | None = None, student_params: Sequence[nn.Parameter] = ()
+               watch: LossWatch | None = None, index: Tensor | None = None,
+               student_params: Sequence[nn.Parameter] = ()
                ) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """One optimisation step: CE + the distiller's terms under autocast, one backward,
-    gradient averaging across processes, the distiller's leader step, the optimizer step.
-    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward).
-    On a logging step (``info.log``) the diagnostics get each term's loss balance
-    (``kdbench.train.balance``; over ``student_params``, the student's own parameters) and
-    Fig. 4's cosine."""
+    """One optimisation step: CE (times the distiller's ``ce_weight``) + the distiller's terms under
+    autocast, one backward, gradient averaging across processes, the distiller's leader step, the
+    optimizer step. ``watch``: where the loss is checked for NaN/inf (default: now, before the
+    backward). ``index``: the batch's rows in the training split, for a distiller that ``wants_index``.
+    On a logging step (``info.log``) the diagnostics get each term's loss balance against the
+    (weighted) CE term (``kdbench.train.balance``; over ``student_params``, the student's own
+    parameters) and Fig. 4's cosine."""
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
     diagnose = info.log and distiller is not None
     with rt.autocast():
         logits, taps = forward(x)
-        terms = {"ce": F.cross_entropy(logits, y)}
+        ce = F.cross_entropy(logits, y)
+        ce_weight = distiller.ce_weight if distiller is not None else 1.0
+        terms = {"ce": ce if ce_weight == 1.0 else ce_weight * ce}  # 1.0: not even a multiply
         if distiller is not None:
             student = {k: taps[k] for k in distiller.student_taps()}
             if diagnose:  # loss balance and Fig. 4's cosine: see balance.measure. The loss then runs
                 # eagerly, as a compiled one (``--compile``: its buffers donated to one backward)
                 # refuses a term-by-term backward
                 student = {k: v.view_as(v) for k, v in student.items()}
-            kd = (distiller.forward if diagnose else distiller)(student, feats, y)
+            extra = {"index": index} if distiller.wants_index else {}
+            kd = (distiller.forward if diagnose else distiller)(student, feats, y, **extra)
             terms.update(kd)
     if diagnose:
         ratios, tap_grads = balance.measure(kd, terms["ce"], student, taps, student_params)
@@ -210,6 +215,8 @@ def fit(
     the same ``identity`` the run resumes from it. ``warn``: where the one loss-balance
     warning goes (default: above the progress bar).
     """
+    if distiller is not None:
+        distiller.prepare(train.labels)  # per-sample state (CRD's memory bank) exists before a resume
     extra = distiller.student_parameters() if distiller is not None else []
     student_params = list(model.parameters())
     params = [*student_params, *extra]
@@ -262,7 +269,8 @@ def fit(
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
                                 batch_size=len(global_batches[i]))
                 feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
-                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch,
+                index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
+                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch, index,
                                          student_params=student_params)
                 for k, v in terms.items():  # summed on the device: no host sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
