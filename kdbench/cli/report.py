@@ -7,8 +7,10 @@ from typing import Any, Optional
 
 import typer
 
+from kdbench.config import ConfigError
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
-                                cell_options, check_choice, check_names, cli_errors, out, split_list, workspace)
+                                cell_options, check_choice, check_names, cli_errors, out, results_store, split_list,
+                                workspace)
 
 TABLES = (1, 3, 4, 5, 6, 7)
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -26,6 +28,8 @@ def table(
     seeds: Optional[str] = SeedsOpt,
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
+                                                            "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     data: list[str] = DataOpt,
@@ -37,6 +41,8 @@ def table(
     check_choice("table", number, TABLES)
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc"))
+    if spec is not None and number != 3:
+        raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
     if number == 1:
         from kdbench.report.complexity import table1_grid
 
@@ -48,7 +54,7 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data), spec)
     emit(grid, fmt)
 
 
@@ -82,11 +88,10 @@ def figure(
 def open_store(ws: Any) -> Any:
     """The workspace's results store; a missing one is an error (reading never creates it)."""
     from kdbench.report.tables import NoDataError
-    from kdbench.store import ResultsStore
 
     if not ws.store_path.is_file():
         raise NoDataError(f"no results store at {ws.store_path}; run `kdbench grid ...` first or pass --workdir")
-    return ResultsStore(ws.store_path)
+    return results_store(ws.store_path, readonly=True)
 
 
 def emit(grid: Any, fmt: str) -> None:

@@ -24,7 +24,7 @@ from kdbench.config import TrainConfig
 from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
-from kdbench.io import BackgroundSaver, safe_load
+from kdbench.io import BackgroundSaver, CorruptFileError, load_verified
 from kdbench.train.metrics import forgery_metrics
 from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
@@ -145,10 +145,12 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
-               watch: LossWatch | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """One optimisation step: CE + the distiller's terms under autocast, one backward,
-    gradient averaging across processes, the distiller's leader step, the optimizer step.
-    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward)."""
+               watch: LossWatch | None = None, index: Tensor | None = None
+               ) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """One optimisation step: CE (times the distiller's ``ce_weight``) + the distiller's terms under
+    autocast, one backward, gradient averaging across processes, the distiller's leader step, the
+    optimizer step. ``watch``: where the loss is checked for NaN/inf (default: now, before the
+    backward). ``index``: the batch's rows in the training split, for a distiller that ``wants_index``."""
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
@@ -156,13 +158,16 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
         and not getattr(distiller, "reports_grad_cos", False)
     with rt.autocast():
         logits, taps = forward(x)
-        terms = {"ce": F.cross_entropy(logits, y)}
+        ce = F.cross_entropy(logits, y)
+        ce_weight = distiller.ce_weight if distiller is not None else 1.0
+        terms = {"ce": ce if ce_weight == 1.0 else ce_weight * ce}  # 1.0: not even a multiply
         if distiller is not None:
             student = {k: taps[k] for k in distiller.student_taps()}
             if diagnose:  # the Fig. 4 cosine: see grad_cosine. The loss then runs eagerly, as a compiled
                 # one (``--compile``: its buffers donated to one backward) refuses a term-by-term backward
                 student = {k: v.view_as(v) for k, v in student.items()}
-            kd = (distiller.forward if diagnose else distiller)(student, feats, y)
+            extra = {"index": index} if distiller.wants_index else {}
+            kd = (distiller.forward if diagnose else distiller)(student, feats, y, **extra)
             terms.update(kd)
     if diagnose:
         cos = grad_cosine(kd, student)
@@ -202,10 +207,12 @@ class TrainState:
     epoch: int = -1  # the last finished epoch
 
     @classmethod
-    def start(cls, model: nn.Module, distiller: Distiller | None, cfg: TrainConfig, seed: int,
+    def start(cls, model: nn.Module, distiller: Distiller | None, train: FrameSet, cfg: TrainConfig, seed: int,
               rt: Runtime) -> TrainState:
-        """A fresh run: Adam over the student's parameters (and the distiller's student-side ones),
-        StepLR, and the generator the batches are drawn with."""
+        """A fresh run: the distiller prepared for ``train``, Adam over the student's parameters (and
+        the distiller's student-side ones), StepLR, and the generator the batches are drawn with."""
+        if distiller is not None:
+            distiller.prepare(train.labels)  # per-sample state (CRD's memory bank) exists before a resume
         extra = distiller.student_parameters() if distiller is not None else []
         params = [*model.parameters(), *extra]
         opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
@@ -278,7 +285,9 @@ def run_epoch(state: TrainState, loop: Loop, epoch: int, advance: Callable[[str 
                         student_lr=state.opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
                         batch_size=len(global_batches[i]))
         feats = {**batch, **loop.online_teacher(x)} if loop.online_teacher is not None else batch
-        terms, diag = train_step(loop.forward, distiller, state.opt, state.params, rt, x, y, feats, info, loop.watch)
+        index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
+        terms, diag = train_step(loop.forward, distiller, state.opt, state.params, rt, x, y, feats, info, loop.watch,
+                                 index)
         for k, v in terms.items():  # summed on the device: no host sync per step
             sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
         seen += len(idx)
@@ -332,7 +341,7 @@ def fit(
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
     the same ``identity`` the run resumes from it.
     """
-    state = TrainState.start(model, distiller, cfg, seed, rt)
+    state = TrainState.start(model, distiller, train, cfg, seed, rt)
     if checkpoint is not None and checkpoint.is_file():
         state.load_dict(load_checkpoint(checkpoint, identity))
     forward = compiled_step(model, distiller) if rt.compile else model
@@ -364,9 +373,13 @@ def fit(
 def load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
     """A checkpoint written by ``fit`` for the same run, or a one-line error saying why not."""
     try:
-        state = safe_load(path)
+        state = load_verified(path)
+    except CorruptFileError as exc:
+        raise TrainingError(f"{exc}; delete it to start over") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
         raise TrainingError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {path} is not a kdbench run checkpoint; delete it to start over")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"checkpoint {path} has format {state.get('format')}, this kdbench writes {CHECKPOINT_FORMAT}")
     if state.get("identity") != identity:
