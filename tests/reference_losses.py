@@ -120,3 +120,38 @@ def ref_fitnet(student: Tensor, teacher: Tensor, conv_w: Tensor, conv_b: Tensor,
     var = ((x - mu) ** 2).mean(dim=(0, 2, 3), keepdim=True)
     x = (x - mu) / torch.sqrt(var + bn_eps) * bn_w.double().view(1, -1, 1, 1) + bn_b.double().view(1, -1, 1, 1)
     return ((x.clamp_min(0) - teacher.double()) ** 2).mean()
+
+
+# -- NumPy derivations from the papers, for the golden tests ------------------------------------
+# No torch at all, so neither the plugins' code nor torchdistill's (which PKT calls) can agree with
+# them by construction.
+def np_pkt(student, teacher, eps: float = 1e-7) -> float:
+    """Passalis & Tefas (ECCV 2018), Eq. 8-10 with the cosine kernel, as their code computes it:
+    K(a, b) = (cos(a, b) + 1) / 2 over the batch, conditional probabilities p_{i|j} = K_ij / sum_k K_kj
+    (self-similarity included), and KL(P_t || P_s) averaged over the N^2 entries."""
+    import numpy as np
+
+    def conditional(x):
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        out = np.empty((len(x), len(x)))
+        for i, a in enumerate(x):
+            for j, b in enumerate(x):
+                out[i, j] = (np.dot(a, b) / ((np.linalg.norm(a) + eps) * (np.linalg.norm(b) + eps)) + 1) / 2
+        return out / out.sum(axis=1, keepdims=True)
+
+    p, q = conditional(teacher), conditional(student)
+    return float(np.mean(p * np.log((p + eps) / (q + eps))))
+
+
+def np_sp(student, teacher) -> float:
+    """Tung & Mori (ICCV 2019), Eq. 1-4: G~ = Q Q^T of the flattened activations, each row divided by
+    its L2 norm, L = ||G_s - G_t||_F^2 / b^2."""
+    import numpy as np
+
+    def gram(x):
+        q = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        g = q @ q.T
+        return g / np.sqrt((g**2).sum(axis=1))[:, None]
+
+    b = len(student)
+    return float(((gram(student) - gram(teacher)) ** 2).sum() / b**2)

@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
+                                WorkdirOpt,
                                 cell_options, check_choice, check_names, cli_errors, out, split_list, workspace)
 
 TABLES = (1, 3, 4, 5, 6, 7)
@@ -28,6 +29,7 @@ def table(
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -48,7 +50,7 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights))
     emit(grid, fmt)
 
 
@@ -62,6 +64,7 @@ def figure(
     seeds: Optional[str] = SeedsOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -75,7 +78,7 @@ def figure(
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
                            split_list(datasets), parse_seeds(seeds) if seeds else None,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights))
     typer.echo(str(path))
 
 

@@ -177,7 +177,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         # Build the distiller first (from the teacher's architecture, not its weights), so a bad
         # option fails in seconds instead of after the teacher has trained.
         torch.manual_seed(cfg.seed)
-        student = build_student(cfg.student)
+        student = build_student(cfg.student, weights=cfg.student_weights)
         s_shapes = probe_shapes(student, size)
         teachers = teachers or TeacherCache()
         t_shapes = teachers.shapes(cfg)
@@ -197,7 +197,8 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         clock.lap("teacher")
         features, online_teacher, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         clock.lap("features")
-        log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student} on {cfg.dataset} "
+        pretrained = " (pretrained)" if cfg.student_weights else ""
+        log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student}{pretrained} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
                      distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,
