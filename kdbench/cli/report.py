@@ -10,6 +10,7 @@ import typer
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
                                 WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
                                 split_list, workspace)
+from kdbench.config import ConfigError
 
 TABLES = (1, 3, 4, 5, 6, 7)
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -27,6 +28,8 @@ def table(
     seeds: Optional[str] = SeedsOpt,
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
+                                                            "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
@@ -39,6 +42,8 @@ def table(
     check_choice("table", number, TABLES)
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc"))
+    if spec is not None and number != 3:
+        raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
     if number == 1:
         from kdbench.report.complexity import table1_grid
 
@@ -50,7 +55,7 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data, student_weights=student_weights))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights), spec)
     emit(grid, fmt)
 
 
