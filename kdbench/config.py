@@ -66,6 +66,8 @@ class RunConfig:
     data: Mapping[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    resolver: str = "none"  # gradient-conflict resolver of Both mode (kdbench.resolver)
+    resolver_hp: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +80,8 @@ class RunConfig:
         for key in ("data", "test_data"):
             data[key] = {k: v for k, v in data[key].items() if k != "root"}
         data["teacher"]["weights"] = None  # None already without weights: those hashes are unchanged
+        if data["resolver"] == "none":  # the plain sum, as before resolvers existed: those hashes are unchanged
+            del data["resolver"], data["resolver_hp"]
         return data
 
     @property
@@ -163,6 +167,8 @@ def resolve(
     test_dataset: str | None = None,
     config: Mapping[str, Any] | None = None,
     test_data: Mapping[str, Any] | None = None,
+    resolver: str | None = None,
+    resolver_hp: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Profile, then the profile's per-dataset section, then a config file, then explicit options."""
     prof = load_profile(profile)
@@ -171,6 +177,7 @@ def resolve(
     train_cfg, teacher_cfg = TrainConfig(), TeacherConfig()
     hp_all: dict[str, Any] = {}
     data_cfg: dict[str, Any] = {}
+    resolver_name, resolver_layers = "none", []
     for layer, layer_data in ((prof, prof.get("data", {}).get(dataset, {})),
                               (per_dataset, per_dataset.get("data", {})),
                               (config, config.get("data", {}).get(dataset, {}))):
@@ -178,6 +185,8 @@ def resolve(
         teacher_cfg = _apply(teacher_cfg, layer.get("teacher", {}), "teacher")
         hp_all.update(layer.get("hp", {}).get(method, {}))
         data_cfg.update(layer_data)
+        resolver_name = layer.get("resolver", resolver_name)
+        resolver_layers.append(layer.get("resolver_hp", {}))
     train_cfg = _apply(train_cfg, dict(train or {}), "train")
     teacher_cfg = _apply(teacher_cfg, dict(teacher or {}), "teacher")
     hp_all.update(hp or {})
@@ -189,11 +198,16 @@ def resolve(
         teacher_cfg = replace(teacher_cfg, weights=str(path.resolve()), weights_sha256=file_sha256(path))
     resolved_mode = resolve_mode(method, mode)
     hp_full = resolve_hp(method, hp_all)
+    # a config file's resolver applies to its Both-mode runs (an RGB run has nothing to combine);
+    # one asked for by name (--resolver) must be usable
+    resolver_name = resolver or (resolver_name if resolved_mode == "both" else "none")
+    rhp_all = {k: v for layer in resolver_layers for k, v in layer.get(resolver_name, {}).items()}
+    rhp_full = resolve_resolver(resolver_name, resolved_mode, method, {**rhp_all, **(resolver_hp or {})})
     cross = test_dataset if test_dataset != dataset else None
     cross_data = {**prof.get("data", {}).get(cross, {}), **(test_data or {})} if cross else {}
     return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset, test_dataset=cross,
                      test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
-                     teacher=teacher_cfg)
+                     teacher=teacher_cfg, resolver=resolver_name, resolver_hp=rhp_full)
 
 
 def resolve_mode(method: str, mode: str | None) -> str:
@@ -214,6 +228,18 @@ def resolve_hp(method: str, hp: Mapping[str, Any]) -> dict[str, Any]:
     from kdbench.plugins import get_distiller_class
 
     return resolve_hparams(get_distiller_class(method), hp)
+
+
+def resolve_resolver(name: str, mode: str, method: str, hp: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolver's hyper-parameters, defaults filled in; a resolver needs Both mode (two terms)."""
+    from kdbench.distiller import resolve_hparams
+    from kdbench.plugins import get_resolver_class
+
+    cls = get_resolver_class(name)
+    if name != "none" and mode != "both":
+        raise ConfigError(f"resolver {name!r} combines the two branches' KD gradients of Both mode; "
+                          f"method {method!r} runs in mode {mode!r}")
+    return resolve_hparams(cls, hp)
 
 
 def parse_hp(items: list[str]) -> dict[str, str]:

@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from kdbench.config import ConfigError, RunConfig, load_config_file, resolve
+from kdbench.config import ConfigError, RunConfig, load_config_file, resolve, resolve_mode
 
-BUILTIN_SPECS = ("table3", "table4", "table5", "table6", "table7", "fig3")
+BUILTIN_SPECS = ("table3", "table4", "table5", "table6", "table7", "fig3", "resolvers")
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,10 @@ def expand(
     teacher: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     test_data: dict[str, Any] | None = None,
+    resolver: str | None = None,
 ) -> list[Cell]:
-    """All cells of spec ``name``; options narrow or replace the spec's own lists."""
+    """All cells of spec ``name``; options narrow or replace the spec's own lists. ``resolver``
+    replaces the spec's resolvers in every Both-mode cell (an RGB cell has nothing to combine)."""
     spec_name, spec = load_spec(name)
     groups = spec.get("group") or []
     if not groups:
@@ -71,17 +73,21 @@ def expand(
         test_sets = list(group.get("test_datasets") or spec.get("test_datasets") or [None])
         sweep = group.get("sweep", {})
         keys = list(sweep)
+        group_resolvers = _listify(group.get("resolvers", [None]))
         for method in _listify(group.get("methods", [])):
             if methods and method not in methods:
                 continue
-            for mode, student, dataset, test_ds, values, seed in itertools.product(
-                _listify(group.get("modes", [None])), group_students, group_datasets, test_sets,
+            for mode, res, student, dataset, test_ds, values, seed in itertools.product(
+                _listify(group.get("modes", [None])), group_resolvers, group_students, group_datasets, test_sets,
                 itertools.product(*(_listify(sweep[k]) for k in keys)), seeds,
             ):
                 variant = dict(zip(keys, values))
+                if resolver is not None:
+                    res = resolver if resolve_mode(method, mode) == "both" else None
                 cfg = resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile,
                               seed=seed, hp={**group.get("hp", {}), **variant}, config=config, teacher=teacher,
-                              test_dataset=test_ds, data=data, test_data=test_data)
+                              test_dataset=test_ds, data=data, test_data=test_data, resolver=res,
+                              resolver_hp=group.get("resolver_hp", {}).get(res, {}) if res else None)
                 if cfg.hash in seen:
                     continue
                 seen.add(cfg.hash)
@@ -141,7 +147,8 @@ def run_grid(cells: Sequence[Cell], run_cell: Callable[[Cell], Any], is_done: Ca
     log(f"grid: {len(todo)} of {len(cells)} cells to run ({len(report.done_before)} already done)")
     for n, cell in enumerate(todo, 1):
         c = cell.cfg
-        log(f"[{n}/{len(todo)}] {c.method}/{c.mode} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip())
+        via = f"+{c.resolver}" if c.resolver != "none" else ""
+        log(f"[{n}/{len(todo)}] {c.method}/{c.mode}{via} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip())
         try:
             run_cell(cell)
             report.ran.append(cell)

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, ResolverOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
                                 cell_options, check_choice, check_names, cli_errors, out, split_list, workspace)
 
 TABLES = (1, 3, 4, 5, 6, 7)
@@ -29,6 +29,7 @@ def table(
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     data: list[str] = DataOpt,
+    resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Render Table 1 (from the models) or Tables 3-7 (from the results store)."""
@@ -48,7 +49,7 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data, resolver=resolver))
     emit(grid, fmt)
 
 
@@ -63,6 +64,7 @@ def figure(
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     data: list[str] = DataOpt,
+    resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Draw Figure 3 or 4 from the results store as a PNG and print its path."""
@@ -75,7 +77,7 @@ def figure(
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
                            split_list(datasets), parse_seeds(seeds) if seeds else None,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data, resolver=resolver))
     typer.echo(str(path))
 
 

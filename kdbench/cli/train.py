@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
+                                ProfileOpt, ResolverOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
                                 build_config, cell_options, check_names, cli_errors, console, data_options, log, out,
                                 split_list, workspace)
 from kdbench.store import ResultsStore
@@ -37,6 +37,9 @@ def run(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
     no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    resolver: Optional[str] = ResolverOpt,
+    resolver_hp: list[str] = typer.Option([], "--resolver-hp", help="Resolver hyper-parameter key=value, "
+                                          "e.g. c=0.4 for cagrad (repeatable)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
@@ -51,7 +54,7 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root))
+                       data_options(data, data_root), data_options([], test_data_root), resolver, resolver_hp)
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
     done = store.get(cfg.hash)
@@ -86,6 +89,7 @@ def grid(
     students: Optional[str] = StudentsOpt,
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
     datasets: Optional[str] = DatasetsOpt,
+    resolver: Optional[str] = ResolverOpt,
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
@@ -109,18 +113,18 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, resolver))
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
         table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile)")
-        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+        for col in ("#", "hash", "method", "mode", "resolver", "student", "dataset", "seed", "variant", "status"):
             table.add_column(col)
         for i, cell in enumerate(cells, 1):
             c = cell.cfg
-            table.add_row(str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset, str(c.seed),
+            table.add_row(str(i), c.hash, c.method, c.mode, c.resolver, c.student, c.test_dataset or c.dataset, str(c.seed),
                           " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
                           status.get(c.hash, "todo"))
         out.print(table)
