@@ -60,7 +60,8 @@ def expand(
     resolver: str | None = None,
 ) -> list[Cell]:
     """All cells of spec ``name``; options narrow or replace the spec's own lists. ``resolver``
-    replaces the spec's resolvers in every Both-mode cell (an RGB cell has nothing to combine)."""
+    replaces the spec's resolvers; a group's or this one applies to its Both-mode cells only
+    (an RGB cell has nothing to combine)."""
     spec_name, spec = load_spec(name)
     groups = spec.get("group") or []
     if not groups:
@@ -82,8 +83,9 @@ def expand(
                 itertools.product(*(_listify(sweep[k]) for k in keys)), seeds,
             ):
                 variant = dict(zip(keys, values))
-                if resolver is not None:
-                    res = resolver if resolve_mode(method, mode) == "both" else None
+                res = resolver if resolver is not None else res
+                if res is not None and resolve_mode(method, mode) != "both":
+                    res = None  # an RGB cell has nothing to combine: the plain cell, once (deduplicated below)
                 cfg = resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile,
                               seed=seed, hp={**group.get("hp", {}), **variant}, config=config, teacher=teacher,
                               test_dataset=test_ds, data=data, test_data=test_data, resolver=res,

@@ -208,7 +208,7 @@ def test_none_keeps_every_existing_hash_and_others_change_it():
     assert resolve("sp", "rgb", profile="smoke", config=cfg).hash == resolve("sp", "rgb", profile="smoke").hash
 
 
-def test_the_resolvers_spec_crosses_both_mode_with_every_resolver():
+def test_the_resolvers_spec_crosses_both_mode_with_every_resolver(tmp_path):
     from kdbench.grid import expand
 
     cells = expand("resolvers", profile="smoke")
@@ -222,6 +222,13 @@ def test_the_resolvers_spec_crosses_both_mode_with_every_resolver():
     # --resolver on a grid: every Both cell gets it, RGB and vanilla cells keep the plain sum
     swapped = expand("table3", profile="smoke", students=["res18t"], resolver="pcgrad")
     assert {(c.cfg.mode, c.cfg.resolver) for c in swapped} == {("rgb", "none"), ("both", "pcgrad")}
+    # a group's resolvers reach its Both cells; its RGB cell is there once, plain
+    spec = tmp_path / "mine.toml"
+    spec.write_text('[[group]]\nmethods = ["at"]\nmodes = ["rgb", "both"]\nresolvers = ["none", "cagrad"]\n'
+                    'resolver_hp = { cagrad = { c = 0.25 } }\n')
+    mine = expand(str(spec), profile="smoke")
+    assert sorted((c.cfg.mode, c.cfg.resolver, c.cfg.resolver_hp.get("c")) for c in mine) == \
+        [("both", "cagrad", 0.25), ("both", "none", None), ("rgb", "none", None)]
 
 
 # -- end to end -----------------------------------------------------------------------------
@@ -332,3 +339,34 @@ def test_cli_names_a_broken_resolver_in_one_line(tmp_path):
                           "--profile", "smoke"], capture_output=True, text=True, env=env)
     assert run.returncode == 2 and run.stderr.strip() == \
         "error: resolver plugin 'rboom' is broken: RuntimeError: resolver boom"
+
+
+# -- the resolvers table --------------------------------------------------------------------
+
+def test_the_resolvers_table_marks_each_resolver_against_the_plain_sum(tmp_path):
+    """FAKE records (test fixtures): SP with three resolvers, 3 seeds each."""
+    import dataclasses
+
+    from kdbench.grid import expand
+    from kdbench.report.render import render
+    from kdbench.report.tables import build_table
+    from kdbench.store import ResultsStore
+    from test_tables import fake_record
+
+    store = ResultsStore(tmp_path / "r.sqlite")
+    accs = {"none": [80.0, 80.5, 81.0], "pcgrad": [83.0, 83.5, 84.0], "cagrad": [80.2, 81.2, 79.7]}
+    cos = {"none": ("grad_cos", -0.8), "pcgrad": ("grad_cos_resolved", 0.1), "cagrad": ("grad_cos_resolved", -0.8)}
+    for cell in expand("resolvers", profile="smoke"):
+        if cell.cfg.method == "sp":
+            key, value = cos[cell.cfg.resolver]
+            for seed, acc in enumerate(accs[cell.cfg.resolver]):
+                diags = [{"step": s, "epoch": 0, key: value if s >= 10 else 0.5} for s in range(0, 21, 5)]
+                store.put(fake_record(dataclasses.replace(cell.cfg, seed=seed), acc, diagnostics=diags))
+    grid = build_table("resolvers", store, profile="smoke")
+    assert grid.header[2:] == ["Distiller", "Both", "Both + PCGrad", "Both + CAGrad"]
+    body, _ = render(grid, "markdown")
+    sp = next(line for line in body.splitlines() if "| SP " in line)
+    assert "80.50 ± 0.50" in sp and "83.50 ± 0.50 ↑" in sp and "80.37 ± 0.76 ≈" in sp
+    cos_body, _ = render(build_table("resolvers", store, profile="smoke", metric="cos"), "markdown")
+    sp = next(line for line in cos_body.splitlines() if "| SP " in line)
+    assert "-0.80 ± 0.00" in sp and "0.10 ± 0.00" in sp and "↑" not in sp  # second half only, no marks
