@@ -1,14 +1,17 @@
 """The plugin manager: loads the ``kdbench`` entry-point group, isolating failures.
 
-The only global state in kdbench is the manager built here (cached). A plugin
-that fails to import, or whose hook raises or returns something that is not a
-``Distiller`` (``kdbench_distillers``) or a ``Resolver`` (``kdbench_resolvers``), is
-recorded with its error and skipped; the rest keeps working.
+The only global state in kdbench is the manager built here (cached). Every hook
+is called through one isolating call (``_call``): a plugin that fails to import
+(even with ``sys.exit()``), whose hook raises or returns something of the wrong
+kind, is recorded with its error, named in a one-line ``PluginWarning`` and in
+``kdbench plugins``, and skipped; the rest keeps working. The hooks that provide
+things (distillers, resolvers, students, datasets) are called once, when the registry is built.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping
@@ -29,13 +32,48 @@ class PluginRegistry:
     manager: pluggy.PluginManager
     distillers: dict[str, type[Distiller]] = field(default_factory=dict)
     providers: dict[str, str] = field(default_factory=dict)  # distiller name -> distribution
-    resolvers: dict[str, type[Resolver]] = field(default_factory=dict)
-    resolver_providers: dict[str, str] = field(default_factory=dict)  # resolver name -> distribution
     errors: dict[str, str] = field(default_factory=dict)  # plugin name -> one-line error
+    resolvers: dict[str, type[Resolver]] = field(default_factory=dict)  # from kdbench_resolvers
+    resolver_providers: dict[str, str] = field(default_factory=dict)  # resolver name -> distribution
+    students: dict[str, Callable[..., Any]] = field(default_factory=dict)  # from kdbench_students
+    datasets: dict[str, Callable[..., Any]] = field(default_factory=dict)  # from kdbench_datasets
+
+    def broken(self, plugin: str, problem: str) -> None:
+        """Record ``plugin`` as broken (its first problem) and warn once."""
+        if plugin not in self.errors:
+            self.errors[plugin] = problem
+            warnings.warn(f"plugin {plugin} is broken and skipped: {problem}", PluginWarning, stacklevel=3)
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed and is skipped (the command line prints it as one line)."""
+
+
+def _call(reg: PluginRegistry, hook: str, kwargs: Mapping[str, Any] | None = None,
+          expect: type | tuple[type, ...] = object) -> list[tuple[str, Any]]:
+    """(plugin, result) of every healthy plugin's ``hook``, each called on its own: one that
+    raises (``SystemExit`` included) or returns something not ``expect`` becomes broken."""
+    out = []
+    for impl in getattr(reg.manager.hook, hook).get_hookimpls():
+        if impl.plugin_name in reg.errors:
+            continue
+        try:
+            result = impl.function(**(kwargs or {}))
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure is isolated
+            reg.broken(impl.plugin_name, f"{hook}: {_one_line(exc)}")
+            continue
+        if result is not None and not isinstance(result, expect):
+            reg.broken(impl.plugin_name, f"{hook} returned {type(result).__name__}, not "
+                                         f"{getattr(expect, '__name__', expect)}")
+            continue
+        out.append((impl.plugin_name, result))
+    return out
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
@@ -59,25 +97,19 @@ def _validate_resolver(cls: Any) -> str | None:
     return None
 
 
-def _collect(reg: PluginRegistry, hook: Any, validate: Callable[[Any], str | None], kind: str,
+def _collect(reg: PluginRegistry, hook: str, validate: Callable[[Any], str | None], kind: str,
              into: dict[str, Any], providers: dict[str, str], dists: Mapping[str, str]) -> None:
-    """The classes every implementation of ``hook`` returns, validated, into ``into`` by name."""
-    for impl in hook.get_hookimpls():
-        try:
-            classes = impl.function() or []
-        except Exception as exc:  # noqa: BLE001
-            reg.errors[impl.plugin_name] = _one_line(exc)
-            continue
-        for cls in classes:
+    """The classes every healthy plugin's ``hook`` returns, validated, into ``into`` by name."""
+    for plugin, classes in _call(reg, hook, expect=(list, tuple)):
+        for cls in classes or []:
             problem = validate(cls)
+            if problem is None and cls.name in into:
+                problem = f"{kind} name {cls.name!r} already provided by {providers[cls.name]}"
             if problem:
-                reg.errors[impl.plugin_name] = problem
-                continue
-            if cls.name in into:
-                reg.errors[impl.plugin_name] = f"{kind} name {cls.name!r} already provided by {providers[cls.name]}"
+                reg.broken(plugin, problem)
                 continue
             into[cls.name] = cls
-            providers[cls.name] = dists.get(impl.plugin_name, impl.plugin_name)
+            providers[cls.name] = dists.get(plugin, plugin)
 
 
 def build_registry(group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
@@ -92,13 +124,15 @@ def build_registry(group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
             if pm.is_registered(module):
                 continue
             pm.register(module, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - any plugin failure is isolated
-            reg.errors[ep.name] = _one_line(exc)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - any plugin failure is isolated, sys.exit() too
+            reg.broken(ep.name, _one_line(exc))
             continue
         dists[ep.name] = ep.dist.name if ep.dist else "?"
-    _collect(reg, pm.hook.kdbench_distillers, _validate, "distiller", reg.distillers, reg.providers, dists)
-    _collect(reg, pm.hook.kdbench_resolvers, _validate_resolver, "resolver", reg.resolvers,
-             reg.resolver_providers, dists)
+    _collect(reg, "kdbench_distillers", _validate, "distiller", reg.distillers, reg.providers, dists)
+    _collect(reg, "kdbench_resolvers", _validate_resolver, "resolver", reg.resolvers, reg.resolver_providers, dists)
+    for hook, into in (("kdbench_students", reg.students), ("kdbench_datasets", reg.datasets)):
+        for _, provided in _call(reg, hook, expect=Mapping):
+            into.update({k: v for k, v in (provided or {}).items() if k not in into})
     return reg
 
 
@@ -153,9 +187,6 @@ def create_resolver(name: str, **hparams: Any) -> Resolver:
 
 
 def emit(event: str, run: dict[str, Any], payload: dict[str, Any]) -> None:
-    """Send an event to logger plugins; a failing logger never stops a run."""
-    for impl in registry().manager.hook.kdbench_on_event.get_hookimpls():
-        try:
-            impl.function(event=event, run=run, payload=payload)
-        except Exception:  # noqa: BLE001
-            pass
+    """Send an event to logger plugins; a failing logger never stops a run (it is named once and
+    skipped from then on)."""
+    _call(registry(), "kdbench_on_event", {"event": event, "run": run, "payload": payload})
