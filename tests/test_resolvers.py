@@ -314,8 +314,9 @@ def test_third_party_resolvers_are_found_isolated_and_checked(tmp_path, monkeypa
     install_fake(tmp_path, "kdb-rboom", "kdbtest_rboom", BROKEN)
     install_fake(tmp_path, "kdb-rdict", "kdbtest_rdict", NOT_A_RESOLVER)
     install_fake(tmp_path, "kdb-ascent", "kdbtest_ascent", ASCENT)
-    reg = build_registry()
-    assert reg.errors["rboom"] == "RuntimeError: resolver boom"
+    with pytest.warns(UserWarning, match="plugin rboom is broken"):
+        reg = build_registry()
+    assert reg.errors["rboom"] == "kdbench_resolvers: RuntimeError: resolver boom"
     assert "is not a kdbench.Resolver subclass" in reg.errors["rdict"]
     assert reg.resolver_providers["ascent"] == "kdb-ascent" and set(RES) <= set(reg.resolvers)
     monkeypatch.setattr("kdbench.plugins.registry", lambda: reg)
@@ -334,11 +335,12 @@ def test_cli_names_a_broken_resolver_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "KDBENCH_HOME": str(tmp_path), "COLUMNS": "200"}
     listing = subprocess.run([sys.executable, "-m", "kdbench.cli", "plugins"], capture_output=True, text=True, env=env)
     assert listing.returncode == 0 and "pcgrad" in listing.stdout
-    assert "broken plugin rboom: RuntimeError: resolver boom" in listing.stdout
+    assert "broken plugin rboom: kdbench_resolvers: RuntimeError: resolver boom" in listing.stdout
     run = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "sp", "--resolver", "rboom",
                           "--profile", "smoke"], capture_output=True, text=True, env=env)
-    assert run.returncode == 2 and run.stderr.strip() == \
-        "error: resolver plugin 'rboom' is broken: RuntimeError: resolver boom"
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2 and errors == \
+        ["error: resolver plugin 'rboom' is broken: kdbench_resolvers: RuntimeError: resolver boom"]
 
 
 # -- the resolvers table --------------------------------------------------------------------
