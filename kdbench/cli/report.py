@@ -7,7 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, ResolverOpt, StudentsOpt, TeacherWeightsOpt,
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt,
                                 WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
                                 split_list, workspace)
 from kdbench.config import ConfigError
@@ -29,8 +30,11 @@ def table(
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6, resolvers); cos (resolvers: "
                                "Fig. 4's cosine before/after resolution)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
+                                                            "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
@@ -42,6 +46,8 @@ def table(
         raise ConfigError(f"unknown table {number}; choose one of: {', '.join(TABLES)}")
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc", "cos") if number == "resolvers" else ("acc", "auc"))
+    if spec is not None and number != "3":
+        raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
     if number == "1":
         from kdbench.report.complexity import table1_grid
 
@@ -53,7 +59,8 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(int(number) if number.isdigit() else number, store, profile, split_list(students),
                            split_list(datasets), parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data, resolver=resolver))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights,
+                                        resolver=resolver), spec)
     emit(grid, fmt)
 
 
@@ -67,6 +74,7 @@ def figure(
     seeds: Optional[str] = SeedsOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
@@ -81,7 +89,8 @@ def figure(
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
                            split_list(datasets), parse_seeds(seeds) if seeds else None,
-                           cell_options(config, teacher_weights, data, resolver=resolver))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights,
+                                        resolver=resolver))
     typer.echo(str(path))
 
 

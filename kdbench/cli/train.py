@@ -11,9 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, ResolverOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
-                                build_config, cell_options, check_names, cli_errors, console, data_options, escape, log,
-                                out, results_store, split_list, workspace)
+                                ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names,
+                                cli_errors, console, data_options, escape, log, out, require_pretrained, results_store,
+                                split_list, workspace)
+from kdbench.config import ConfigError
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
 
@@ -21,7 +23,7 @@ teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.
 @cli_errors
 def run(
     method: str = typer.Option("tokd", "--method", "-m", help="Distiller (see `kdbench plugins`)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both (default: both where supported)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both | fused (logit methods: the teacher's fused logits); default: both where supported, else the only mode."),
     student: str = typer.Option("res18t", "--student", "-s", help="res18t | res34t | xception."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     test_dataset: Optional[str] = typer.Option(None, "--test-dataset", help="Test on another dataset (Table 7)."),
@@ -30,6 +32,8 @@ def run(
     hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
+    random_init: bool = RandomInitOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the profile's epochs."),
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
@@ -55,7 +59,9 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root), resolver, resolver_hp)
+                       data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
+                       resolver_hp)
+    require_pretrained(cfg, random_init)
     from kdbench.io import locked
 
     ws = workspace(workdir)
@@ -104,6 +110,8 @@ def grid(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
+    random_init: bool = RandomInitOpt,
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
     test_data_root: Optional[Path] = TestDataRootOpt,
@@ -122,7 +130,13 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root, resolver))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights,
+                                 resolver))
+    if student_weights and not any(cell.pretrained_student for cell in cells):
+        raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
+                          "do; Table 3's students start from random weights): drop --student-weights")
+    for cell in cells:
+        require_pretrained(cell.cfg, random_init, student=cell.pretrained_student)
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
     store = results_store(ws.store_path)
@@ -161,6 +175,7 @@ def teacher_train(
     profile: str = ProfileOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    random_init: bool = RandomInitOpt,
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
     device: str = DeviceOpt,
@@ -173,6 +188,7 @@ def teacher_train(
 
     cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
                        data=data_options(data, data_root))
+    require_pretrained(cfg, random_init)
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=log,
                        progress=console.is_terminal)
