@@ -216,8 +216,8 @@ def test_the_resolvers_spec_crosses_both_mode_with_every_resolver(tmp_path):
     assert {"tokd", "at", "pkt", "vid", "sp", "fitnet"} <= methods
     assert {(c.cfg.method, c.cfg.resolver) for c in cells} == {(m, r) for m in methods for r in RES}
     assert all(c.cfg.mode == "both" for c in cells)
-    # the `none` cells are Table 3's Both cells: one run counts in both tables
-    table3 = {c.cfg.hash for c in expand("table3", profile="smoke", students=["res18t"])}
+    # the `none` cells are the extended Table 3's Both cells: one run counts in both tables
+    table3 = {c.cfg.hash for c in expand("table3x", profile="smoke", students=["res18t"])}
     assert {c.cfg.hash for c in cells if c.cfg.resolver == "none"} <= table3
     # --resolver on a grid: every Both cell gets it, RGB and vanilla cells keep the plain sum
     swapped = expand("table3", profile="smoke", students=["res18t"], resolver="pcgrad")
