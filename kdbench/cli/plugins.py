@@ -20,7 +20,9 @@ def plugins_list(ctx: typer.Context) -> None:
     from kdbench.plugins import registry
 
     reg = registry()
-    table = Table(title="kdbench distillers")
+    table = Table(title="kdbench distillers", caption=(
+        "modes: rgb = the teacher's RGB branch; both = RGB and frequency branch, a term each; "
+        "fused = the teacher's fused-head logits (logit methods: it has no per-branch classifier)"))
     for col in ("name", "modes", "defaults", "provided by"):
         table.add_column(col)
     for name, cls in sorted(reg.distillers.items()):

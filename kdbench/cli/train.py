@@ -52,6 +52,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one student with one distiller and store the record."""
+    from kdbench.io import locked
     from kdbench.train.runner import run as run_one
     from kdbench.train.runtime import make_runtime
 
@@ -62,27 +63,23 @@ def run(
                        data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
                        resolver_hp)
     require_pretrained(cfg, random_init)
-    from kdbench.io import locked
-
     ws = workspace(workdir)
     store = results_store(ws.store_path)
-    rec = store.get(cfg.hash)
-    if rec is None or rec.status != "done":
+    done = store.get(cfg.hash)
+    if done is None or done.status != "done":
         rt = make_runtime(device, precision, compile_model)
         # the same run started twice: the second waits for the first, then takes its record
-        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
-            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
-        with one_process:
-            rec = store.get(cfg.hash)
-            if rec is None or rec.status != "done":
+        waiting = f"run {cfg.hash} is running in another process; waiting for it"
+        with locked(ws.run_dir(cfg.hash), on_wait=lambda: log(waiting)) if rt.world == 1 else nullcontext():
+            done = store.get(cfg.hash)
+            if done is None or done.status != "done":
                 rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
                               progress=progress and console.is_terminal)
-                if not rt.is_main:
-                    return
-                print_metrics(rec)
+                if rt.is_main:
+                    print_metrics(rec)
                 return
     log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-    print_metrics(rec)
+    print_metrics(done)
 
 
 def print_metrics(rec: Any) -> None:
