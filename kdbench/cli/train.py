@@ -11,10 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
-                                TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names, cli_errors,
-                                console, data_options, escape, log, out, require_pretrained, results_store, split_list,
-                                workspace)
+                                ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names,
+                                cli_errors, console, data_options, escape, log, out, require_pretrained, results_store,
+                                split_list, workspace)
 from kdbench.config import ConfigError
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
@@ -42,6 +42,9 @@ def run(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
     no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    resolver: Optional[str] = ResolverOpt,
+    resolver_hp: list[str] = typer.Option([], "--resolver-hp", help="Resolver hyper-parameter key=value, "
+                                          "e.g. c=0.4 for cagrad (repeatable)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
@@ -57,7 +60,8 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root), student_weights)
+                       data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
+                       resolver_hp)
     require_pretrained(cfg, random_init)
     ws = workspace(workdir)
     store = results_store(ws.store_path)
@@ -97,6 +101,7 @@ def grid(
     students: Optional[str] = StudentsOpt,
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
     datasets: Optional[str] = DatasetsOpt,
+    resolver: Optional[str] = ResolverOpt,
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
@@ -122,7 +127,8 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights,
+                                 resolver))
     if student_weights and not any(cell.pretrained_student for cell in cells):
         raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
                           "do; Table 3's students start from random weights): drop --student-weights")
@@ -134,12 +140,13 @@ def grid(
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
         table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile)"))
-        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+        for col in ("#", "hash", "method", "mode", "resolver", "student", "dataset", "seed", "variant", "status"):
             table.add_column(col)
         for i, cell in enumerate(cells, 1):
             c = cell.cfg
-            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset,
-                                      str(c.seed), " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
+            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.resolver, c.student,
+                                      c.test_dataset or c.dataset, str(c.seed),
+                                      " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
                                       status.get(c.hash, "todo"))))
         out.print(table)
         done = sum(status.get(c.cfg.hash) == "done" for c in cells)

@@ -55,8 +55,7 @@ def measure(kd: Mapping[str, Tensor], ce: Tensor, views: Mapping[str, Tensor], t
     stops there); ``taps``: the taps themselves, where CE's gradient arrives through the
     backbone; ``params``: the student's parameters. Every graph is retained for the step's
     own backward; nothing is accumulated into ``.grad`` (training is unchanged).
-    Returns ``({balance_taps/term: r, balance_student/term: r}, {term: [grad per view]})``:
-    the second is reused for Fig. 4's cosine, so that costs nothing extra."""
+    Returns ``({balance_taps/term: r, balance_student/term: r}, {term: [grad per view]})``."""
     names = [k for k, t in views.items() if t.requires_grad]
     params = [p for p in params if p.requires_grad]
     ratios: dict[str, float] = {}
@@ -93,9 +92,9 @@ def flagged(row: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """Terms of a diagnostics row (or a phase of ``summarise``) outside [LOW, HIGH] by either measure."""
     out = {}
     for term in terms_of(row):
-        taps, student = row[key("taps", term)], row.get(key("student", term), math.nan)
-        if out_of_range(taps) or out_of_range(student):
-            out[term] = (taps, student)
+        taps, student = row[key("taps", term)], row.get(key("student", term))
+        if out_of_range(taps) or (student is not None and out_of_range(student)):
+            out[term] = (taps, math.nan if student is None else student)
     return out
 
 
