@@ -16,6 +16,7 @@ def plugins_list(ctx: typer.Context) -> None:
     """Every installed distiller with its modes, defaults and providing distribution."""
     if ctx.invoked_subcommand is not None:
         return
+    from kdbench.distiller import hparam_spec
     from kdbench.plugins import registry
 
     reg = registry()
@@ -23,7 +24,7 @@ def plugins_list(ctx: typer.Context) -> None:
     for col in ("name", "modes", "defaults", "provided by"):
         table.add_column(col)
     for name, cls in sorted(reg.distillers.items()):
-        defaults = ", ".join(f"{k}={v.value}" for k, v in cls.defaults.items())
+        defaults = ", ".join(f"{k}={v.value}" for k, v in hparam_spec(cls).items())
         table.add_row(Text(name), Text(", ".join(cls.modes)), Text(defaults), Text(reg.providers.get(name, "?")))
     out.print(table)
     for name, err in sorted(reg.errors.items()):

@@ -155,7 +155,7 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
     diagnose = info.log and distiller is not None and distiller.mode == "both" \
-        and not getattr(distiller, "reports_grad_cos", False)
+        and not distiller.reports_grad_cos
     with rt.autocast():
         logits, taps = forward(x)
         ce = F.cross_entropy(logits, y)
