@@ -121,6 +121,16 @@ def grid(
     ray_opts = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
     if executor == "local" and any(v is not None for v in ray_opts.values()):
         raise ConfigError(f"{', '.join(k for k, v in ray_opts.items() if v is not None)} needs --executor ray")
+    if executor == "ray":
+        from kdbench.grid_ray import RaySettings, import_ray
+
+        if device != "auto":
+            raise ConfigError("with --executor ray the device follows --gpus-per-run (0: CPU); drop --device")
+        settings = RaySettings(address=address, gpus_per_run=gpus_per_run,
+                               cpus_per_run=1.0 if cpus_per_run is None else cpus_per_run,
+                               precision=precision, compile=compile_model)
+        settings.check()
+        import_ray()
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
@@ -143,14 +153,8 @@ def grid(
         out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
         return
     if executor == "ray":
-        from kdbench.grid_ray import RaySettings, import_ray, run_grid_ray
+        from kdbench.grid_ray import run_grid_ray
 
-        if device != "auto":
-            raise ConfigError("with --executor ray the device follows --gpus-per-run (0: CPU); drop --device")
-        settings = RaySettings(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run or 1.0,
-                               precision=precision, compile=compile_model)
-        settings.check()
-        import_ray()
         report = run_grid_ray(cells, ws, store, settings, log=log)
     else:
         report = _run_local(cells, ws, store, status, spec, device, precision, compile_model)
