@@ -8,6 +8,8 @@ variances, rotations) lives in its own ``state_dict``.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
@@ -142,10 +144,13 @@ def coerce(value: Any, default: Any, key: str = "") -> Any:
                 raise ValueError(value)
             return int(as_float)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan or inf: the loss would be nan after the whole set-up
+                raise ValueError(value)
+            return number
         if isinstance(default, str):
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DistillerError(
             f"hyper-parameter {key}={value!r} is not a valid {type(default).__name__}"
         ) from None

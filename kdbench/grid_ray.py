@@ -160,8 +160,6 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
     in flight keep their last checkpoint and resume when the grid is run again."""
     settings.check()
     ray = import_ray()
-    from kdbench.train.runner import new_record
-
     report = GridReport()
     stored = {r.hash: r for r in store.query()}
     todo = []
@@ -175,6 +173,7 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
     if started:
         ray.init(address=settings.address, log_to_driver=True)
     refs: dict[Any, Cell] = {}
+    teachers: dict[str, Any] = {}
     try:
         gpus = _gpus(ray, settings)
         total = ray.cluster_resources()
@@ -188,7 +187,6 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
                           max_retries=settings.max_retries, retry_exceptions=False)
         run_teacher, run_cell = task(teacher_task), task(cell_task)
         root = str(ws.root.resolve())
-        teachers: dict[str, Any] = {}
         for cell in todo:
             group = teacher_group(cell)
             if group not in teachers:
@@ -203,13 +201,14 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
             ready, pending = ray.wait(pending, num_returns=1)
             cell, n = refs.pop(ready[0]), n + 1
             c = cell.cfg
+            what = f"{c.method}/{c.mode} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip()
             try:
                 rec = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # its teacher failed, or its worker was lost for good
-                rec = new_record(c, cell.spec, "ray worker", status="failed")
-                rec.error = _error(exc)
+            except ray.exceptions.RayError as exc:  # set-up or teacher failed, or the worker was lost for good:
+                report.failed.append((cell, _error(exc)))  # no record, as a local run's set-up error leaves none
+                log(f"[{n}/{len(todo)}] {what}: failed: {_error(exc)}")
+                continue
             store.put(rec)
-            what = f"{c.method}/{c.mode} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip()
             if rec.status == "done":
                 report.ran.append(cell)
                 log(f"[{n}/{len(todo)}] {what}: done ({rec.hash})")
@@ -217,7 +216,7 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
                 report.failed.append((cell, rec.error or rec.status))
                 log(f"[{n}/{len(todo)}] {what}: failed: {rec.error}")
     except KeyboardInterrupt:
-        for ref in refs:
+        for ref in [*refs, *teachers.values()]:
             ray.cancel(ref)
         raise
     finally:

@@ -8,7 +8,8 @@ from typing import Any, Optional
 import typer
 
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
-                                cell_options, check_choice, check_names, cli_errors, out, split_list, workspace)
+                                cell_options, check_choice, check_names, cli_errors, out, results_store, split_list,
+                                workspace)
 
 TABLES = (1, 3, 4, 5, 6, 7)
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -82,11 +83,10 @@ def figure(
 def open_store(ws: Any) -> Any:
     """The workspace's results store; a missing one is an error (reading never creates it)."""
     from kdbench.report.tables import NoDataError
-    from kdbench.store import ResultsStore
 
     if not ws.store_path.is_file():
         raise NoDataError(f"no results store at {ws.store_path}; run `kdbench grid ...` first or pass --workdir")
-    return ResultsStore(ws.store_path)
+    return results_store(ws.store_path, readonly=True)
 
 
 def emit(grid: Any, fmt: str) -> None:

@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from kdbench.cli.common import WorkdirOpt, check_choice, cli_errors, log, out, workspace
-from kdbench.store import ResultsStore
+from kdbench.cli.common import WorkdirOpt, check_choice, cli_errors, error, escape, log, out, results_store, workspace
 
 
 @cli_errors
@@ -22,11 +22,14 @@ def results(
 ) -> None:
     """List stored runs, or export them."""
     check_choice("format", fmt, ("table", "json", "csv"))
-    store = ResultsStore(workspace(workdir).store_path)
+    path = workspace(workdir).store_path
     if delete:
-        store.delete(delete)
+        if not results_store(path).delete(delete):
+            error(f"no record {delete} in {path} (see `kdbench results` for the stored hashes)")
+            raise typer.Exit(2)
         log(f"deleted {delete}")
         return
+    store = results_store(path, readonly=True)
     recs = store.query()
     if fmt == "json":
         out.print_json(json.dumps([r.__dict__ for r in recs], default=str))
@@ -43,11 +46,11 @@ def results(
         writer.writeheader()
         writer.writerows(rows)
         return
-    table = Table(title=f"{len(recs)} runs in {store.path}")
+    table = Table(title=escape(f"{len(recs)} runs in {store.path}"))
     for col in ("hash", "method", "mode", "student", "dataset", "seed", "status", "test acc", "test auc", "wall s"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["hash"], r["method"], r["mode"], r["student"], r["test_dataset"], str(r["seed"]),
-                      r["status"], f"{r.get('test_acc', float('nan')):.2f}", f"{r.get('test_auc', float('nan')):.2f}",
-                      str(r["wall_time"]))
+        table.add_row(*map(Text, (r["hash"], r["method"], r["mode"], r["student"], r["test_dataset"], str(r["seed"]),
+                                  r["status"], f"{r.get('test_acc', float('nan')):.2f}",
+                                  f"{r.get('test_auc', float('nan')):.2f}", str(r["wall_time"]))))
     out.print(table)

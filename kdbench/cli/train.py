@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
                                 ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
                                 build_config, cell_options, check_choice, check_names, cli_errors, console,
-                                data_options, log, out, split_list, workspace)
+                                data_options, escape, log, out, results_store, split_list, workspace)
 from kdbench.config import ConfigError
-from kdbench.store import ResultsStore
 
 if TYPE_CHECKING:
     from kdbench.grid import Cell, GridReport
+    from kdbench.store import ResultsStore
     from kdbench.train.runner import Workspace
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
@@ -57,31 +59,39 @@ def run(
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
                        data_options(data, data_root), data_options([], test_data_root))
+    from kdbench.io import locked
+
     ws = workspace(workdir)
-    store = ResultsStore(ws.store_path)
-    done = store.get(cfg.hash)
-    if done is not None and done.status == "done":
-        log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-        rec = done
-    else:
+    store = results_store(ws.store_path)
+    rec = store.get(cfg.hash)
+    if rec is None or rec.status != "done":
         rt = make_runtime(device, precision, compile_model)
-        rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
-                      progress=progress and console.is_terminal)
-        if not rt.is_main:
-            return
+        # the same run started twice: the second waits for the first, then takes its record
+        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
+            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
+        with one_process:
+            rec = store.get(cfg.hash)
+            if rec is None or rec.status != "done":
+                rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
+                              progress=progress and console.is_terminal)
+                if not rt.is_main:
+                    return
+                print_metrics(rec)
+                return
+    log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
     print_metrics(rec)
 
 
 def print_metrics(rec: Any) -> None:
     test = rec.metrics["test"]
-    table = Table(title=f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
-                        f"best val epoch {rec.metrics['best_epoch'] + 1})")
+    table = Table(title=escape(f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
+                               f"best val epoch {rec.metrics['best_epoch'] + 1})"))
     for key in ("acc", "auc", "eer", "ap", "video_auc"):
         if key in test:
             table.add_column(f"test {key.upper()} %", justify="right")
     table.add_row(*(f"{test[k]:.2f}" for k in ("acc", "auc", "eer", "ap", "video_auc") if k in test))
     out.print(table)
-    out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False)
+    out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False, markup=False)
 
 
 @cli_errors
@@ -137,20 +147,20 @@ def grid(
                    **cell_options(config, teacher_weights, data, data_root, test_data_root))
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
-    store = ResultsStore(ws.store_path)
+    store = results_store(ws.store_path)
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
-        table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile)")
+        table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile)"))
         for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
             table.add_column(col)
         for i, cell in enumerate(cells, 1):
             c = cell.cfg
-            table.add_row(str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset, str(c.seed),
-                          " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
-                          status.get(c.hash, "todo"))
+            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset,
+                                      str(c.seed), " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
+                                      status.get(c.hash, "todo"))))
         out.print(table)
         done = sum(status.get(c.cfg.hash) == "done" for c in cells)
-        out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
+        out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False, markup=False)
         return
     if executor == "ray":
         from kdbench.grid_ray import run_grid_ray
@@ -159,7 +169,7 @@ def grid(
     else:
         report = _run_local(cells, ws, store, status, spec, device, precision, compile_model)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
-              f"{len(report.failed)} failed", highlight=False)
+              f"{len(report.failed)} failed", highlight=False, markup=False)
     if report.failed:
         raise typer.Exit(1)
 
@@ -204,4 +214,5 @@ def teacher_train(
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=log,
                        progress=console.is_terminal)
-    out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str))
+    out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str), markup=False,
+              highlight=False)

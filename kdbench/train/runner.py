@@ -15,11 +15,11 @@ from kdbench.config import RunConfig
 from kdbench.data.frames import FrameSet, FrameSplits
 from kdbench.data.registry import DatasetCache
 from kdbench.distiller import Distiller, reduce_taps
-from kdbench.io import atomic_save
+from kdbench.io import atomic_save, remove
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
-from kdbench.store import ResultsStore, RunRecord
+from kdbench.store import ResultsStore, RunRecord, StoreError, this_process
 from kdbench.train.runtime import Runtime, main_first, prepare_module
 from kdbench.train.teacher_cache import Teacher, TeacherCache
 from kdbench.train.trainer import fit
@@ -155,13 +155,6 @@ def online_teacher(model: torch.nn.Module, taps: list[str], reductions: Mapping[
     return online
 
 
-def new_record(cfg: RunConfig, spec: str, device: str, status: str = "running") -> RunRecord:
-    """The record of ``cfg`` before it has results."""
-    return RunRecord(hash=cfg.hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student,
-                     dataset=cfg.dataset, test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile,
-                     seed=cfg.seed, spec=spec, status=status, config=cfg.to_dict(), device=device, versions=versions())
-
-
 def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",
         log: Log = print, progress: bool = True, datasets: DatasetCache | None = None,
         teachers: TeacherCache | None = None) -> RunRecord:
@@ -176,36 +169,47 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
 def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord], None],
           previous: RunRecord | None = None, spec: str = "", log: Log = print, progress: bool = True,
           datasets: DatasetCache | None = None, teachers: TeacherCache | None = None) -> RunRecord:
-    """``run`` without the store: the record goes to ``put`` when the run starts and when it ends
-    (done, failed or interrupted), so a process that must not write the store (a Ray worker,
-    ``kdbench.grid_ray``) hands it to one that does. Checkpoints still go to ``ws``.
-    ``previous``: the stored record of an earlier, unfinished attempt."""
+    """``run`` without the store: the record goes to ``put`` when the run starts (after its
+    set-up: a usage error leaves no record) and when it ends (done, failed or interrupted), so a
+    process that must not write the store (a Ray worker, ``kdbench.grid_ray``) hands it to one
+    that does. Checkpoints still go to ``ws``. ``previous``: the stored record of an earlier,
+    unfinished attempt."""
     run_hash = cfg.hash
-    rec = new_record(cfg, spec, device_name(rt.device))
+    rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
+                    test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
+                    status="running", config=cfg.to_dict(), device=device_name(rt.device), versions=versions())
     if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
         rec.created, rec.wall_time = previous.created, previous.wall_time
-    put(rec)
-    emit("run_start", rec.config, {"hash": run_hash})
     t0 = time.perf_counter()
     clock = PhaseClock()
+
+    def finish() -> None:
+        rec.wall_time = (rec.wall_time or 0.0) + time.perf_counter() - t0
+        put(rec)
+        emit("run_end" if rec.status == "done" else "run_failed", rec.config, {"hash": run_hash, "status": rec.status})
+
+    # Set-up before the record: the distiller is built first (from the teacher's architecture,
+    # not its weights), so a bad option fails in seconds, before the teacher trains, and a
+    # usage error (a bad option or dataset) leaves no record behind.
+    size = cfg.train.image_size
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg.student)
+    s_shapes = probe_shapes(student, size)
+    teachers = teachers or TeacherCache()
+    t_shapes = teachers.shapes(cfg)
+    distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
+    student = prepare_module(student, rt)
+    clock.lap("setup")
+    datasets = datasets or DatasetCache()
+    splits = datasets.load(cfg.dataset, size, cfg.data)
+    placement = place_frames(splits, rt)
+    # cross-dataset testing: the teacher (trained and tested below) stays the training dataset's
+    cross_test = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"] if cfg.test_dataset else None
+    clock.lap("data")
+    rec.history = {"process": this_process()}  # a reader tells a live run from a killed one
+    put(rec)
+    emit("run_start", rec.config, {"hash": run_hash})
     try:
-        size = cfg.train.image_size
-        # Build the distiller first (from the teacher's architecture, not its weights), so a bad
-        # option fails in seconds instead of after the teacher has trained.
-        torch.manual_seed(cfg.seed)
-        student = build_student(cfg.student)
-        s_shapes = probe_shapes(student, size)
-        teachers = teachers or TeacherCache()
-        t_shapes = teachers.shapes(cfg)
-        distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
-        student = prepare_module(student, rt)
-        clock.lap("setup")
-        datasets = datasets or DatasetCache()
-        splits = datasets.load(cfg.dataset, size, cfg.data)
-        placement = place_frames(splits, rt)
-        # cross-dataset testing: the teacher (trained and tested below) stays the training dataset's
-        cross_test = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"] if cfg.test_dataset else None
-        clock.lap("data")
         teacher = teachers.get(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cross_test is not None:
@@ -224,7 +228,7 @@ def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord],
         if rt.is_main:
             atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
                          "state_dict": result.best_state}, ws.run_dir(run_hash) / "student.pt")
-            (ws.run_dir(run_hash) / "state.pt").unlink(missing_ok=True)  # resume state: no longer needed
+            remove(ws.run_dir(run_hash) / "state.pt")  # resume state: no longer needed
         clock.lap("save")
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
@@ -236,9 +240,10 @@ def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord],
         rec.status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         rec.error = f"{type(exc).__name__}: {exc}"
         rec.history = {"traceback": traceback.format_exc(limit=5)}
+        try:
+            finish()
+        except StoreError as store_exc:  # the run's own failure is what the user must see
+            log(f"warning: the failed run's record could not be stored ({store_exc})")
         raise
-    finally:
-        rec.wall_time = (rec.wall_time or 0.0) + time.perf_counter() - t0
-        put(rec)
-        emit("run_end" if rec.status == "done" else "run_failed", rec.config, {"hash": run_hash, "status": rec.status})
+    finish()
     return rec

@@ -24,7 +24,7 @@ from kdbench.config import TrainConfig
 from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
-from kdbench.io import BackgroundSaver, safe_load
+from kdbench.io import BackgroundSaver, CorruptFileError, load_verified
 from kdbench.train.metrics import forgery_metrics
 from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
@@ -299,9 +299,13 @@ def fit(
 def load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
     """A checkpoint written by ``fit`` for the same run, or a one-line error saying why not."""
     try:
-        state = safe_load(path)
+        state = load_verified(path)
+    except CorruptFileError as exc:
+        raise TrainingError(f"{exc}; delete it to start over") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
         raise TrainingError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {path} is not a kdbench run checkpoint; delete it to start over")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"checkpoint {path} has format {state.get('format')}, this kdbench writes {CHECKPOINT_FORMAT}")
     if state.get("identity") != identity:
