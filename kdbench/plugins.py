@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import pluggy
 
 from kdbench import hookspecs
-from kdbench.distiller import Distiller, DistillerError, Shape
+from kdbench.distiller import MODES, Distiller, DistillerError, Shape
 
 ENTRY_POINT_GROUP = "kdbench"
 
@@ -79,8 +79,8 @@ def _validate(cls: Any) -> str | None:
         return f"{cls!r} is not a kdbench.Distiller subclass"
     if not cls.name or not isinstance(cls.name, str):
         return f"{cls.__name__} has no 'name'"
-    if not cls.modes or not all(m in ("rgb", "both") for m in cls.modes):
-        return f"{cls.__name__}.modes must be a non-empty subset of ('rgb', 'both')"
+    if not cls.modes or not all(m in MODES for m in cls.modes):
+        return f"{cls.__name__}.modes must be a non-empty subset of {MODES}"
     return None
 
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from kdbench.config import ConfigError
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
                                 cell_options, check_choice, check_names, cli_errors, out, results_store, split_list,
                                 workspace)
@@ -27,6 +28,8 @@ def table(
     seeds: Optional[str] = SeedsOpt,
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
+                                                            "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     data: list[str] = DataOpt,
@@ -38,6 +41,8 @@ def table(
     check_choice("table", number, TABLES)
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc"))
+    if spec is not None and number != 3:
+        raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
     if number == 1:
         from kdbench.report.complexity import table1_grid
 
@@ -49,7 +54,7 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data), spec)
     emit(grid, fmt)
 
 

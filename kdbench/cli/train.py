@@ -27,7 +27,7 @@ teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.
 @cli_errors
 def run(
     method: str = typer.Option("tokd", "--method", "-m", help="Distiller (see `kdbench plugins`)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both (default: both where supported)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both | fused (logit methods: the teacher's fused logits); default: both where supported, else the only mode."),
     student: str = typer.Option("res18t", "--student", "-s", help="res18t | res34t | xception."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     test_dataset: Optional[str] = typer.Option(None, "--test-dataset", help="Test on another dataset (Table 7)."),

@@ -145,10 +145,12 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
-               watch: LossWatch | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """One optimisation step: CE + the distiller's terms under autocast, one backward,
-    gradient averaging across processes, the distiller's leader step, the optimizer step.
-    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward)."""
+               watch: LossWatch | None = None, index: Tensor | None = None
+               ) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """One optimisation step: CE (times the distiller's ``ce_weight``) + the distiller's terms under
+    autocast, one backward, gradient averaging across processes, the distiller's leader step, the
+    optimizer step. ``watch``: where the loss is checked for NaN/inf (default: now, before the
+    backward). ``index``: the batch's rows in the training split, for a distiller that ``wants_index``."""
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
@@ -156,13 +158,16 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
         and not getattr(distiller, "reports_grad_cos", False)
     with rt.autocast():
         logits, taps = forward(x)
-        terms = {"ce": F.cross_entropy(logits, y)}
+        ce = F.cross_entropy(logits, y)
+        ce_weight = distiller.ce_weight if distiller is not None else 1.0
+        terms = {"ce": ce if ce_weight == 1.0 else ce_weight * ce}  # 1.0: not even a multiply
         if distiller is not None:
             student = {k: taps[k] for k in distiller.student_taps()}
             if diagnose:  # the Fig. 4 cosine: see grad_cosine. The loss then runs eagerly, as a compiled
                 # one (``--compile``: its buffers donated to one backward) refuses a term-by-term backward
                 student = {k: v.view_as(v) for k, v in student.items()}
-            kd = (distiller.forward if diagnose else distiller)(student, feats, y)
+            extra = {"index": index} if distiller.wants_index else {}
+            kd = (distiller.forward if diagnose else distiller)(student, feats, y, **extra)
             terms.update(kd)
     if diagnose:
         cos = grad_cosine(kd, student)
@@ -204,6 +209,8 @@ def fit(
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
     the same ``identity`` the run resumes from it.
     """
+    if distiller is not None:
+        distiller.prepare(train.labels)  # per-sample state (CRD's memory bank) exists before a resume
     extra = distiller.student_parameters() if distiller is not None else []
     params = [*model.parameters(), *extra]
     opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
@@ -254,7 +261,8 @@ def fit(
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
                                 batch_size=len(global_batches[i]))
                 feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
-                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch)
+                index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
+                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch, index)
                 for k, v in terms.items():  # summed on the device: no host sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
                 seen += len(idx)
