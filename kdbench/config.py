@@ -21,7 +21,7 @@ import yaml
 PROFILES = ("smoke", "cpu", "paper", "gpu128")
 SEED_MAX = 2**63 - 1  # the store keeps seeds as SQLite integers
 # the sections a config file may hold; a profile may also hold per-dataset overrides
-CONFIG_KEYS = ("description", "train", "teacher", "hp", "data")
+CONFIG_KEYS = ("description", "train", "teacher", "student", "hp", "data")
 PROFILE_KEYS = (*CONFIG_KEYS, "dataset")
 
 
@@ -68,6 +68,8 @@ class RunConfig:
     method: str = "tokd"
     mode: str = "both"
     student: str = "res18t"
+    student_weights: str | None = None  # local pretrained student backbone (state_dict file)
+    student_weights_sha256: str | None = None  # filled in at resolution: the hash sees the file's content
     dataset: str = "synthetic"
     test_dataset: str | None = None  # cross-dataset testing (Table 7); None = same dataset
     test_data: Mapping[str, Any] = field(default_factory=dict)  # the test dataset's options
@@ -82,13 +84,16 @@ class RunConfig:
         return asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """What the run is, not where its inputs lie: data roots are left out, and so is the
-        teacher weights' path (its content hash ``weights_sha256`` is kept), so moving a
-        prepared dataset or a weights file keeps every run, cell and cached teacher."""
+        """What the run is, not where its inputs lie: data roots are left out, and so are the
+        weights files' paths (their content hashes are kept), so moving a prepared dataset or a
+        weights file keeps every run, cell and cached teacher."""
         data = self.to_dict()
         for key in ("data", "test_data"):
             data[key] = {k: v for k, v in data[key].items() if k != "root"}
         data["teacher"]["weights"] = None  # None already without weights: those hashes are unchanged
+        del data["student_weights"]
+        if data["student_weights_sha256"] is None:  # absent, as before the option: hashes unchanged
+            del data["student_weights_sha256"]
         return data
 
     @property
@@ -205,8 +210,10 @@ def resolve(
     test_dataset: str | None = None,
     config: Mapping[str, Any] | None = None,
     test_data: Mapping[str, Any] | None = None,
+    student_weights: str | None = None,
 ) -> RunConfig:
-    """Profile, then the profile's per-dataset section, then a config file, then explicit options."""
+    """Profile, then the profile's per-dataset section, then a config file, then explicit options.
+    Student weights: ``student_weights``, else a layer's ``[student] weights``."""
     prof = load_profile(profile)
     config = config or {}
     check_layers(profile, prof, config)
@@ -216,6 +223,7 @@ def resolve(
     train_cfg, teacher_cfg = TrainConfig(), TeacherConfig()
     hp_all: dict[str, Any] = {}
     data_cfg: dict[str, Any] = {}
+    layer_student_weights = None
     for layer, layer_data in ((prof, prof.get("data", {}).get(dataset, {})),
                               (per_dataset, per_dataset.get("data", {})),
                               (config, config.get("data", {}).get(dataset, {}))):
@@ -223,6 +231,7 @@ def resolve(
         teacher_cfg = _apply(teacher_cfg, layer.get("teacher", {}), "teacher")
         hp_all.update(layer.get("hp", {}).get(method, {}))
         data_cfg.update(layer_data)
+        layer_student_weights = _student_section(layer).get("weights", layer_student_weights)
     train_cfg = _apply(train_cfg, dict(train or {}), "train")
     teacher_cfg = _apply(teacher_cfg, dict(teacher or {}), "teacher")
     hp_all.update(hp or {})
@@ -232,13 +241,31 @@ def resolve(
         if not path.is_file():
             raise ConfigError(f"teacher weights file not found: {path}")
         teacher_cfg = replace(teacher_cfg, weights=str(path.resolve()), weights_sha256=file_sha256(path))
+    student_weights, student_sha = student_weights or layer_student_weights, None
+    if student_weights:
+        path = Path(student_weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"student weights file not found: {path}")
+        student_weights, student_sha = str(path.resolve()), file_sha256(path)
     resolved_mode = resolve_mode(method, mode)
     hp_full = resolve_hp(method, hp_all)
     cross = test_dataset if test_dataset != dataset else None
     cross_data = {**prof.get("data", {}).get(cross, {}), **(test_data or {})} if cross else {}
-    return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset, test_dataset=cross,
+    return RunConfig(method=method, mode=resolved_mode, student=student, student_weights=student_weights,
+                     student_weights_sha256=student_sha, dataset=dataset, test_dataset=cross,
                      test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
                      teacher=teacher_cfg)
+
+
+def _student_section(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's ``[student]`` table: only ``weights`` (the student's name is a command option)."""
+    section = layer.get("student", {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[student] must be a table with a 'weights' key, got {section!r}")
+    unknown = sorted(set(section) - {"weights"})
+    if unknown:
+        raise ConfigError(f"unknown student setting {', '.join(unknown)}; valid: weights")
+    return dict(section)
 
 
 def check_layers(profile: str, prof: Mapping[str, Any], config: Mapping[str, Any]) -> None:

@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 import typer
 
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
+                                WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
+                                split_list, workspace)
 from kdbench.config import ConfigError
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
-                                cell_options, check_choice, check_names, cli_errors, out, results_store, split_list,
-                                workspace)
 
 TABLES = (1, 3, 4, 5, 6, 7)
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -32,6 +32,7 @@ def table(
                                                             "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -54,7 +55,7 @@ def table(
         store = open_store(workspace(workdir))
         grid = build_table(number, store, profile, split_list(students), split_list(datasets),
                            parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data), spec)
+                           cell_options(config, teacher_weights, data, student_weights=student_weights), spec)
     emit(grid, fmt)
 
 
@@ -68,6 +69,7 @@ def figure(
     seeds: Optional[str] = SeedsOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -81,7 +83,7 @@ def figure(
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
                            split_list(datasets), parse_seeds(seeds) if seeds else None,
-                           cell_options(config, teacher_weights, data))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights))
     typer.echo(str(path))
 
 

@@ -11,9 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
-                                build_config, cell_options, check_choice, check_names, cli_errors, console,
-                                data_options, escape, log, out, results_store, split_list, workspace)
+                                ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
+                                TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_choice, check_names,
+                                cli_errors, console, data_options, escape, log, out, require_pretrained, results_store,
+                                split_list, workspace)
 from kdbench.config import ConfigError
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ def run(
     hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
+    random_init: bool = RandomInitOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the profile's epochs."),
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
@@ -58,7 +61,8 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root))
+                       data_options(data, data_root), data_options([], test_data_root), student_weights)
+    require_pretrained(cfg, random_init)
     from kdbench.io import locked
 
     ws = workspace(workdir)
@@ -106,6 +110,8 @@ def grid(
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
+    random_init: bool = RandomInitOpt,
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
     test_data_root: Optional[Path] = TestDataRootOpt,
@@ -144,7 +150,12 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights))
+    if student_weights and not any(cell.pretrained_student for cell in cells):
+        raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
+                          "do; Table 3's students start from random weights): drop --student-weights")
+    for cell in cells:
+        require_pretrained(cell.cfg, random_init, student=cell.pretrained_student)
     cells = shard(cells, *parse_shard(shard_opt))
     ws = workspace(workdir)
     store = results_store(ws.store_path)
@@ -199,6 +210,7 @@ def teacher_train(
     profile: str = ProfileOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    random_init: bool = RandomInitOpt,
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
     device: str = DeviceOpt,
@@ -211,6 +223,7 @@ def teacher_train(
 
     cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
                        data=data_options(data, data_root))
+    require_pretrained(cfg, random_init)
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=log,
                        progress=console.is_terminal)
