@@ -11,10 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
-                                TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_choice, check_names,
-                                cli_errors, console, data_options, escape, log, out, require_pretrained, results_store,
-                                split_list, workspace)
+                                ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_choice,
+                                check_names, cli_errors, console, data_options, escape, log, out, require_pretrained,
+                                results_store, split_list, workspace)
 from kdbench.config import ConfigError
 
 if TYPE_CHECKING:
@@ -47,6 +47,9 @@ def run(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
     no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    resolver: Optional[str] = ResolverOpt,
+    resolver_hp: list[str] = typer.Option([], "--resolver-hp", help="Resolver hyper-parameter key=value, "
+                                          "e.g. c=0.4 for cagrad (repeatable)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
@@ -54,6 +57,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one student with one distiller and store the record."""
+    from kdbench.io import locked
     from kdbench.train.runner import run as run_one
     from kdbench.train.runtime import make_runtime
 
@@ -61,29 +65,26 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root), student_weights)
+                       data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
+                       resolver_hp)
     require_pretrained(cfg, random_init)
-    from kdbench.io import locked
-
     ws = workspace(workdir)
     store = results_store(ws.store_path)
-    rec = store.get(cfg.hash)
-    if rec is None or rec.status != "done":
+    done = store.get(cfg.hash)
+    if done is None or done.status != "done":
         rt = make_runtime(device, precision, compile_model)
         # the same run started twice: the second waits for the first, then takes its record
-        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
-            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
-        with one_process:
-            rec = store.get(cfg.hash)
-            if rec is None or rec.status != "done":
+        waiting = f"run {cfg.hash} is running in another process; waiting for it"
+        with locked(ws.run_dir(cfg.hash), on_wait=lambda: log(waiting)) if rt.world == 1 else nullcontext():
+            done = store.get(cfg.hash)
+            if done is None or done.status != "done":
                 rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
                               progress=progress and console.is_terminal)
-                if not rt.is_main:
-                    return
-                print_metrics(rec)
+                if rt.is_main:
+                    print_metrics(rec)
                 return
     log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-    print_metrics(rec)
+    print_metrics(done)
 
 
 def print_metrics(rec: Any) -> None:
@@ -105,6 +106,7 @@ def grid(
     students: Optional[str] = StudentsOpt,
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
     datasets: Optional[str] = DatasetsOpt,
+    resolver: Optional[str] = ResolverOpt,
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
@@ -150,7 +152,8 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights,
+                                 resolver))
     if student_weights and not any(cell.pretrained_student for cell in cells):
         raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
                           "do; Table 3's students start from random weights): drop --student-weights")
@@ -162,12 +165,13 @@ def grid(
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
         table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile)"))
-        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+        for col in ("#", "hash", "method", "mode", "resolver", "student", "dataset", "seed", "variant", "status"):
             table.add_column(col)
         for i, cell in enumerate(cells, 1):
             c = cell.cfg
-            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset,
-                                      str(c.seed), " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
+            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.resolver, c.student,
+                                      c.test_dataset or c.dataset, str(c.seed),
+                                      " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
                                       status.get(c.hash, "todo"))))
         out.print(table)
         done = sum(status.get(c.cfg.hash) == "done" for c in cells)
