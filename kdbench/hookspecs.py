@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from kdbench.data.frames import FrameSplits
     from kdbench.distiller import Distiller
     from kdbench.models.taps import TappedModel
+    from kdbench.resolver import Resolver
 
 PROJECT = "kdbench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -27,6 +28,11 @@ def kdbench_distillers() -> list[type[Distiller]]:
     """Distiller classes this plugin provides: ``kdbench.Distiller`` subclasses, each with a
     unique ``name`` (the CLI's ``--method``). Read once, when the plugin registry is built;
     a class that is not a well-formed distiller is listed by ``kdbench plugins`` as broken."""
+
+
+@hookspec
+def kdbench_resolvers() -> list[type[Resolver]]:
+    """Gradient-conflict resolver classes this plugin provides (``kdbench.resolver``)."""
 
 
 @hookspec

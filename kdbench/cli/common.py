@@ -35,6 +35,7 @@ def cli_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from kdbench.data.registry import DatasetError
         from kdbench.distiller import DistillerError
+        from kdbench.resolver import ResolverError
         from kdbench.store import StoreError
         from kdbench.train.teacher_cache import CacheError
         from kdbench.train.trainer import TrainingError
@@ -43,7 +44,7 @@ def cli_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except (ConfigError, DistillerError, DatasetError) as exc:
+        except (ConfigError, DistillerError, ResolverError, DatasetError) as exc:
             error(exc)
             raise typer.Exit(2) from None
         except (StoreError, TrainingError, CacheError, FileNotFoundError, ValueError, OSError) as exc:
@@ -113,22 +114,24 @@ def check_names(students: Sequence[str] = (), datasets: Sequence[str] = ()) -> N
 def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
                  hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
                  test_dataset: Optional[str] = None, data: Optional[dict[str, Any]] = None,
-                 test_data: Optional[dict[str, Any]] = None, student_weights: Optional[Path] = None) -> RunConfig:
+                 test_data: Optional[dict[str, Any]] = None, student_weights: Optional[Path] = None,
+                 resolver: Optional[str] = None, resolver_hp: Sequence[str] = ()) -> RunConfig:
     check_names([student], [d for d in (dataset, test_dataset) if d])
     file_cfg = load_config_file(config) if config else None
     teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
     train = {"epochs": epochs} if epochs is not None else {}  # 0 is a value (refused), not "unset"
     return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
                    hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset,
-                   data=data, test_data=test_data, student_weights=str(student_weights) if student_weights else None)
+                   data=data, test_data=test_data, student_weights=str(student_weights) if student_weights else None,
+                   resolver=resolver, resolver_hp=parse_hp(list(resolver_hp)))
 
 
 def cell_options(config: Optional[Path], teacher_weights: Optional[Path], data: list[str],
                  data_root: Optional[Path] = None, test_data_root: Optional[Path] = None,
-                 student_weights: Optional[Path] = None) -> dict[str, Any]:
+                 student_weights: Optional[Path] = None, resolver: Optional[str] = None) -> dict[str, Any]:
     """The options besides profile, students and datasets that define a grid's cells:
     `kdbench grid` runs them, `kdbench table`/`figure` look the same cells up."""
-    return {"config": load_config_file(config) if config else None,
+    return {"config": load_config_file(config) if config else None, "resolver": resolver,
             "teacher": {"weights": str(teacher_weights)} if teacher_weights else None,
             "data": data_options(data, data_root), "test_data": data_options([], test_data_root),
             "student_weights": str(student_weights) if student_weights else None}
@@ -188,4 +191,6 @@ StudentsOpt = typer.Option(None, "--students", help="Comma-separated students (d
 DatasetsOpt = typer.Option(None, "--datasets", help="Comma-separated datasets (default: the spec's).")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] (auto: CUDA when present).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto | fp32 | bf16 (auto: bf16 autocast on GPU).")
+ResolverOpt = typer.Option(None, "--resolver", help="Gradient-conflict resolver of Both mode: none | pcgrad | "
+                           "cagrad (see `kdbench plugins`); in a grid or table, every Both-mode cell's.")
 CompileOpt = typer.Option(False, "--compile", help="torch.compile the student and the distiller's loss.")

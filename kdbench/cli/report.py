@@ -7,12 +7,13 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt,
                                 WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
                                 split_list, workspace)
 from kdbench.config import ConfigError
 
-TABLES = (1, 3, 4, 5, 6, 7)
+TABLES = ("1", "3", "4", "5", "6", "7", "resolvers")
 FORMATS = ("rich", "markdown", "latex", "csv")
 SeedsOpt = typer.Option(None, "--seeds", help="Comma-separated seeds to keep (default: all found).")
 ProfileOpt = typer.Option("cpu", "--profile", "-p", help="Profile whose runs to show.")
@@ -20,13 +21,14 @@ ProfileOpt = typer.Option("cpu", "--profile", "-p", help="Profile whose runs to 
 
 @cli_errors
 def table(
-    number: int = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7."),
+    number: str = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7 | resolvers (the resolvers spec)."),
     fmt: str = typer.Option("rich", "--format", help="rich | markdown | latex | csv."),
     profile: str = ProfileOpt,
     students: Optional[str] = StudentsOpt,
     datasets: Optional[str] = DatasetsOpt,
     seeds: Optional[str] = SeedsOpt,
-    metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
+    metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6, resolvers); cos (resolvers: "
+                               "Fig. 4's cosine before/after resolution)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
     spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
                                                             "(table3x: every built-in distiller in each mode)."),
@@ -34,17 +36,19 @@ def table(
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
+    resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
-    """Render Table 1 (from the models) or Tables 3-7 (from the results store)."""
+    """Render Table 1 (from the models) or Tables 3-7 and the resolvers table (from the results store)."""
     from kdbench.grid import parse_seeds
 
-    check_choice("table", number, TABLES)
+    if number not in TABLES:  # the message names it as typed: unknown table 2
+        raise ConfigError(f"unknown table {number}; choose one of: {', '.join(TABLES)}")
     check_choice("format", fmt, FORMATS)
-    check_choice("metric", metric, ("acc", "auc"))
-    if spec is not None and number != 3:
+    check_choice("metric", metric, ("acc", "auc", "cos") if number == "resolvers" else ("acc", "auc"))
+    if spec is not None and number != "3":
         raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
-    if number == 1:
+    if number == "1":
         from kdbench.report.complexity import table1_grid
 
         grid = table1_grid(paper)
@@ -53,9 +57,10 @@ def table(
 
         check_names(split_list(students) or [])
         store = open_store(workspace(workdir))
-        grid = build_table(number, store, profile, split_list(students), split_list(datasets),
-                           parse_seeds(seeds) if seeds else None, metric, paper,
-                           cell_options(config, teacher_weights, data, student_weights=student_weights), spec)
+        grid = build_table(int(number) if number.isdigit() else number, store, profile, split_list(students),
+                           split_list(datasets), parse_seeds(seeds) if seeds else None, metric, paper,
+                           cell_options(config, teacher_weights, data, student_weights=student_weights,
+                                        resolver=resolver), spec)
     emit(grid, fmt)
 
 
@@ -71,6 +76,7 @@ def figure(
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
+    resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Draw Figure 3 or 4 from the results store as a PNG and print its path."""
@@ -83,7 +89,8 @@ def figure(
     store = open_store(ws)
     path = FIGURES[number](store, out_dir or ws.root / "figures", profile, split_list(students),
                            split_list(datasets), parse_seeds(seeds) if seeds else None,
-                           cell_options(config, teacher_weights, data, student_weights=student_weights))
+                           cell_options(config, teacher_weights, data, student_weights=student_weights,
+                                        resolver=resolver))
     typer.echo(str(path))
 
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
-                                TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names, cli_errors,
-                                console, data_options, escape, log, out, require_pretrained, results_store, split_list,
-                                workspace)
+                                ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_choice,
+                                check_names, cli_errors, console, data_options, escape, log, out, require_pretrained,
+                                results_store, split_list, workspace)
 from kdbench.config import ConfigError
+
+if TYPE_CHECKING:
+    from kdbench.grid import Cell, GridReport
+    from kdbench.store import ResultsStore
+    from kdbench.train.runner import Workspace
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
 
@@ -42,6 +47,9 @@ def run(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
     no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    resolver: Optional[str] = ResolverOpt,
+    resolver_hp: list[str] = typer.Option([], "--resolver-hp", help="Resolver hyper-parameter key=value, "
+                                          "e.g. c=0.4 for cagrad (repeatable)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
@@ -49,6 +57,7 @@ def run(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one student with one distiller and store the record."""
+    from kdbench.io import locked
     from kdbench.train.runner import run as run_one
     from kdbench.train.runtime import make_runtime
 
@@ -56,29 +65,26 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root), student_weights)
+                       data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
+                       resolver_hp)
     require_pretrained(cfg, random_init)
-    from kdbench.io import locked
-
     ws = workspace(workdir)
     store = results_store(ws.store_path)
-    rec = store.get(cfg.hash)
-    if rec is None or rec.status != "done":
+    done = store.get(cfg.hash)
+    if done is None or done.status != "done":
         rt = make_runtime(device, precision, compile_model)
         # the same run started twice: the second waits for the first, then takes its record
-        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
-            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
-        with one_process:
-            rec = store.get(cfg.hash)
-            if rec is None or rec.status != "done":
+        waiting = f"run {cfg.hash} is running in another process; waiting for it"
+        with locked(ws.run_dir(cfg.hash), on_wait=lambda: log(waiting)) if rt.world == 1 else nullcontext():
+            done = store.get(cfg.hash)
+            if done is None or done.status != "done":
                 rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
                               progress=progress and console.is_terminal)
-                if not rt.is_main:
-                    return
-                print_metrics(rec)
+                if rt.is_main:
+                    print_metrics(rec)
                 return
     log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-    print_metrics(rec)
+    print_metrics(done)
 
 
 def print_metrics(rec: Any) -> None:
@@ -100,6 +106,7 @@ def grid(
     students: Optional[str] = StudentsOpt,
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
     datasets: Optional[str] = DatasetsOpt,
+    resolver: Optional[str] = ResolverOpt,
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
@@ -114,18 +121,39 @@ def grid(
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
+    executor: str = typer.Option("local", "--executor", help="local: the cells in turn in this process; "
+                                 "ray: the cells as Ray tasks over a machine's GPUs or a cluster "
+                                 "(the ray extra; docs/cluster.md)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray: the cluster to join, e.g. auto or "
+                                          "ray://head:10001 (default: $RAY_ADDRESS, else a new local Ray)."),
+    gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs per run; a fraction "
+                                                 "shares a GPU (0.25: four runs on one). Default: 1 when the "
+                                                 "cluster has GPUs, else 0."),
+    cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run", help="Ray: CPUs per run, also its "
+                                                 "torch threads (default 1)."),
 ) -> None:
-    """Run a grid of cells, skipping finished ones (resumable, shardable)."""
-    from kdbench.data.registry import DatasetCache
-    from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
-    from kdbench.train.runner import run as run_one
-    from kdbench.train.runtime import make_runtime
-    from kdbench.train.teacher_cache import TeacherCache
+    """Run a grid of cells, skipping finished ones (resumable, shardable; on Ray with --executor ray)."""
+    from kdbench.grid import expand, parse_seeds, parse_shard, shard
 
+    check_choice("executor", executor, ["local", "ray"])
+    ray_opts = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
+    if executor == "local" and any(v is not None for v in ray_opts.values()):
+        raise ConfigError(f"{', '.join(k for k, v in ray_opts.items() if v is not None)} needs --executor ray")
+    if executor == "ray":
+        from kdbench.grid_ray import RaySettings, import_ray
+
+        if device != "auto":
+            raise ConfigError("with --executor ray the device follows --gpus-per-run (0: CPU); drop --device")
+        settings = RaySettings(address=address, gpus_per_run=gpus_per_run,
+                               cpus_per_run=1.0 if cpus_per_run is None else cpus_per_run,
+                               precision=precision, compile=compile_model)
+        settings.check()
+        import_ray()
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights,
+                                 resolver))
     if student_weights and not any(cell.pretrained_student for cell in cells):
         raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
                           "do; Table 3's students start from random weights): drop --student-weights")
@@ -137,28 +165,46 @@ def grid(
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
         table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile)"))
-        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+        for col in ("#", "hash", "method", "mode", "resolver", "student", "dataset", "seed", "variant", "status"):
             table.add_column(col)
         for i, cell in enumerate(cells, 1):
             c = cell.cfg
-            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset,
-                                      str(c.seed), " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
+            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.resolver, c.student,
+                                      c.test_dataset or c.dataset, str(c.seed),
+                                      " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
                                       status.get(c.hash, "todo"))))
         out.print(table)
         done = sum(status.get(c.cfg.hash) == "done" for c in cells)
         out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False, markup=False)
         return
-    rt = make_runtime(device, precision, compile_model)
-    dataset_cache = DatasetCache()  # each dataset is generated or decoded once for the whole grid
-    teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
-    report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
-                                                  progress=console.is_terminal, datasets=dataset_cache,
-                                                  teachers=teachers),
-                      lambda cell: status.get(cell.cfg.hash) == "done", log=log)
+    if executor == "ray":
+        from kdbench.grid_ray import run_grid_ray
+
+        report = run_grid_ray(cells, ws, store, settings, log=log)
+    else:
+        report = _run_local(cells, ws, store, status, spec, device, precision, compile_model)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
               f"{len(report.failed)} failed", highlight=False, markup=False)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _run_local(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, status: dict[str, str], spec: str,
+               device: str, precision: str, compile_model: bool) -> GridReport:
+    """The cells in turn in this process, sharing one dataset and teacher cache."""
+    from kdbench.data.registry import DatasetCache
+    from kdbench.grid import run_grid
+    from kdbench.train.runner import run as run_one
+    from kdbench.train.runtime import make_runtime
+    from kdbench.train.teacher_cache import TeacherCache
+
+    rt = make_runtime(device, precision, compile_model)
+    dataset_cache = DatasetCache()  # each dataset is generated or decoded once for the whole grid
+    teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
+    return run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
+                                                progress=console.is_terminal, datasets=dataset_cache,
+                                                teachers=teachers),
+                    lambda cell: status.get(cell.cfg.hash) == "done", log=log)
 
 
 @teacher_app.command("train")

@@ -18,7 +18,7 @@ from kdbench.distiller import Distiller, reduce_taps
 from kdbench.io import atomic_save, remove
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
-from kdbench.plugins import create_distiller, emit
+from kdbench.plugins import create_distiller, create_resolver, emit
 from kdbench.store import ResultsStore, RunRecord, StoreError, this_process
 from kdbench.train.runtime import Runtime, main_first, prepare_module
 from kdbench.train.teacher_cache import Teacher, TeacherCache
@@ -160,14 +160,26 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         teachers: TeacherCache | None = None) -> RunRecord:
     """Train ``cfg`` and store its record; a failure is recorded, then re-raised.
     ``datasets``, ``teachers``: caches shared by the runs of a grid (default: load afresh)."""
+    previous = store.get(cfg.hash) if rt.is_main else None
+    put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
+    return train(cfg, ws, rt, put, previous, spec=spec, log=log, progress=progress, datasets=datasets,
+                 teachers=teachers)
+
+
+def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord], None],
+          previous: RunRecord | None = None, spec: str = "", log: Log = print, progress: bool = True,
+          datasets: DatasetCache | None = None, teachers: TeacherCache | None = None) -> RunRecord:
+    """``run`` without the store: the record goes to ``put`` when the run starts (after its
+    set-up: a usage error leaves no record) and when it ends (done, failed or interrupted), so a
+    process that must not write the store (a Ray worker, ``kdbench.grid_ray``) hands it to one
+    that does. Checkpoints still go to ``ws``. ``previous``: the stored record of an earlier,
+    unfinished attempt."""
     run_hash = cfg.hash
     rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
                     status="running", config=cfg.to_dict(), device=device_name(rt.device), versions=versions())
-    previous = store.get(run_hash) if rt.is_main else None
     if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
         rec.created, rec.wall_time = previous.created, previous.wall_time
-    put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
     t0 = time.perf_counter()
     clock = PhaseClock()
 
@@ -186,6 +198,8 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
     teachers = teachers or TeacherCache()
     t_shapes = teachers.shapes(cfg)
     distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
+    # none: the plain sum, on the trainer's single-backward path untouched
+    resolver = create_resolver(cfg.resolver, **cfg.resolver_hp) if cfg.resolver != "none" else None
     student = prepare_module(student, rt)
     clock.lap("setup")
     datasets = datasets or DatasetCache()
@@ -206,12 +220,13 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         features, online_teacher, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         clock.lap("features")
         pretrained = " (pretrained)" if cfg.student_weights else ""
-        log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student}{pretrained} on {cfg.dataset} "
+        via = f" + {cfg.resolver}" if resolver is not None else ""
+        log(f"run {run_hash}: {cfg.method}/{cfg.mode}{via} -> {cfg.student}{pretrained} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
                      distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
-                     progress=progress,
+                     progress=progress, resolver=resolver,
                      on_epoch=lambda row: emit("epoch_end", rec.config, row))
         clock.lap("train")
         if rt.is_main:
