@@ -73,6 +73,11 @@ def parse_stages(value: str, allowed: Iterable[str] = STAGES) -> list[str]:
     return stages
 
 
+def conv_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
+    """A same-padded ``k`` x ``k`` conv (no bias), BN, ReLU: the layers of the teacher's and TOKD's projectors."""
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
 def fp32(x: Tensor) -> Tensor:
     """``x`` in at least float32: bf16/fp16 taps are promoted before Gram matrices and
     normalisations, float64 (tests) is kept."""

@@ -86,7 +86,7 @@ def _checks(cls: type[Distiller], mode: str, bench: Bench) -> Iterator[tuple[str
                 return f"term {k!r} is not a scalar tensor"
             if not torch.isfinite(v):
                 return f"term {k!r} is not finite ({float(v)})"
-        if mode == "both" and cls.name != "vanilla" and not {"kd_rgb", "kd_fre"} <= set(terms):
+        if mode == "both" and d.teacher_taps() and not {"kd_rgb", "kd_fre"} <= set(terms):
             return f"both mode should report kd_rgb and kd_fre, got {sorted(terms)}"
         return None
 

@@ -9,7 +9,6 @@ variances, rotations) lives in its own ``state_dict``.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
@@ -32,10 +31,38 @@ class DistillerError(ValueError):
 
 @dataclass(frozen=True)
 class HParam:
-    """A hyper-parameter default with where it comes from (paper, repo, script)."""
+    """A hyper-parameter default with where it comes from (paper, repo, script), and
+    optionally the values it may take: ``choices``, or a range ``low``..``high``
+    (inclusive unless ``low_open``/``high_open``; a ranged value must be a finite number).
+    ``resolve_hparams`` enforces them, so a distiller need not check its values itself."""
 
     value: Any
     source: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, or None."""
+        if self.choices is not None and value not in self.choices:
+            return f"choose one of: {', '.join(map(str, self.choices))}"
+        if self.low is None and self.high is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be a finite number {self.range_text()}"
+        low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        high_bad = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self.range_text()}" if low_bad or high_bad else None
+
+    def range_text(self) -> str:
+        """``in (0, 1]``, ``>= 0``: the allowed range as a user reads it."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
 
 
 @dataclass(frozen=True)
@@ -58,11 +85,16 @@ class Distiller(nn.Module):
 
     name: ClassVar[str] = ""
     modes: ClassVar[tuple[str, ...]] = ("rgb", "both")
-    defaults: ClassVar[dict[str, HParam]] = {}
+    # name -> HParam (or a plain value: a default without a source); see ``hparam_spec``
+    defaults: ClassVar[Mapping[str, Any]] = {}
     description: ClassVar[str] = ""
     # True: ``forward`` also receives ``index=``, the batch's row numbers in the training split
     # (int64, on the batch's device), and ``prepare`` sizes per-sample state from the split (CRD).
     wants_index: ClassVar[bool] = False
+    # True when ``after_backward`` returns the ``grad_cos`` diagnostic (the RGB-vs-frequency
+    # gradient cosine of Fig. 4) itself on log steps, e.g. from gradients it captures anyway;
+    # the trainer then skips its own per-term ``autograd.grad`` (and keeps the loss compiled).
+    reports_grad_cos: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -80,6 +112,12 @@ class Distiller(nn.Module):
         self.hp = resolve_hparams(type(self), hparams)
         self.student_shapes = dict(student_shapes)
         self.teacher_shapes = dict(teacher_shapes)
+        self.setup()
+
+    def setup(self) -> None:
+        """Build connectors and check shapes from ``self.mode``, ``self.hp``, ``self.student_shapes``
+        and ``self.teacher_shapes``; called at the end of ``__init__``, so a distiller needs no
+        ``__init__`` of its own. Raise ``DistillerError`` for what cannot be built."""
 
     # -- what to tap -----------------------------------------------------
     @property
@@ -102,10 +140,13 @@ class Distiller(nn.Module):
         (CRD's memory bank) sizes it here, as buffers, so checkpoints carry it; others ignore it."""
 
     def student_taps(self) -> list[str]:
+        """Student taps ``forward`` reads (``stage1``..``stage4``, ``pooled``)."""
         return []
 
     def teacher_taps(self) -> list[str]:
-        return []
+        """Teacher taps ``forward`` reads; by default the student taps on every branch
+        (``rgb.stage2``, ``fre.stage2`` for ``["stage2"]`` in both mode)."""
+        return branch_taps(self.branches, self.student_taps())
 
     def teacher_reductions(self) -> dict[str, Reduction]:
         """Parameter-free reductions of teacher taps, applied before caching."""
@@ -132,17 +173,41 @@ class Distiller(nn.Module):
         return [p for p in self.parameters() if id(p) not in leader]
 
 
+def hparam_spec(cls: type[Distiller]) -> dict[str, HParam]:
+    """``cls.defaults`` with plain values wrapped as ``HParam(value)``, or a one-line
+    ``DistillerError`` saying what is malformed (a default outside its own choices or range)."""
+    defaults = cls.defaults
+    if not isinstance(defaults, Mapping):
+        raise DistillerError(f"{cls.__name__}.defaults must be a dict of name -> HParam or value, "
+                             f"not {type(defaults).__name__}")
+    spec = {}
+    for key, value in defaults.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise DistillerError(f"{cls.__name__}.defaults: hyper-parameter name {key!r} is not an identifier")
+        hp = value if isinstance(value, HParam) else HParam(value)
+        problem = hp.problem(hp.value)
+        if problem:
+            raise DistillerError(f"{cls.__name__}.defaults: {key}={hp.value!r} {problem}")
+        spec[key] = hp
+    return spec
+
+
 def resolve_hparams(cls: type[Distiller], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults of ``cls`` updated by ``overrides``; values are cast to the default's type."""
-    unknown = sorted(set(overrides) - set(cls.defaults))
+    """Defaults of ``cls`` updated by ``overrides``; values are cast to the default's type
+    and checked against the default's choices or range."""
+    spec = hparam_spec(cls)
+    unknown = sorted(set(overrides) - set(spec))
     if unknown:
-        valid = ", ".join(sorted(cls.defaults)) or "none"
+        valid = ", ".join(sorted(spec)) or "none"
         raise DistillerError(
             f"unknown hyper-parameter {', '.join(unknown)} for {cls.name!r}; valid: {valid}"
         )
-    resolved = {k: v.value for k, v in cls.defaults.items()}
+    resolved = {k: v.value for k, v in spec.items()}
     for key, value in overrides.items():
-        resolved[key] = coerce(value, cls.defaults[key].value, key)
+        resolved[key] = coerce(value, spec[key].value, key)
+        problem = spec[key].problem(resolved[key])
+        if problem:
+            raise DistillerError(f"hyper-parameter {key}={resolved[key]!r} for {cls.name!r}: {problem}")
     return resolved
 
 

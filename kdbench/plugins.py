@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import pluggy
 
 from kdbench import hookspecs
-from kdbench.distiller import MODES, Distiller, DistillerError, Shape
+from kdbench.distiller import MODES, Distiller, DistillerError, Shape, hparam_spec
 from kdbench.resolver import Resolver, ResolverError
 
 ENTRY_POINT_GROUP = "kdbench"
@@ -78,12 +78,20 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _validate(cls: Any) -> str | None:
+    """What makes ``cls`` unusable as a distiller, in one line, or None: checked when the
+    plugin loads, so a malformed class is listed as broken instead of failing later."""
     if not (isinstance(cls, type) and issubclass(cls, Distiller)):
         return f"{cls!r} is not a kdbench.Distiller subclass"
     if not cls.name or not isinstance(cls.name, str):
         return f"{cls.__name__} has no 'name'"
-    if not cls.modes or not all(m in MODES for m in cls.modes):
-        return f"{cls.__name__}.modes must be a non-empty subset of {MODES}"
+    if not isinstance(cls.modes, (tuple, list)) or not cls.modes or not all(m in MODES for m in cls.modes):
+        return f"{cls.__name__}.modes must be a non-empty tuple from {MODES}"
+    if not isinstance(cls.description, str):
+        return f"{cls.__name__}.description must be a string"
+    try:
+        hparam_spec(cls)
+    except DistillerError as exc:
+        return str(exc)
     return None
 
 

@@ -55,15 +55,12 @@ class AT(Distiller):
     description = "Attention transfer: match normalised spatial attention maps of stage outputs."
     defaults = {
         "beta": HParam(1000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill attention -b 1000"),
-        "p": HParam(2, source="AT paper (p=2) and RepDistiller Attention(p=2)"),
+        "p": HParam(2, source="AT paper (p=2) and RepDistiller Attention(p=2)", low=0, low_open=True),
         "stages": HParam("stage1,stage2,stage3,stage4",
                          source="RepDistiller: every residual stage (feat[1:-1]); the 4 stages of ImageNet-style nets"),
     }
 
-    def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
-        super().__init__(mode, student_shapes, teacher_shapes, **hparams)
-        if self.hp["p"] <= 0:
-            raise DistillerError(f"p={self.hp['p']} must be positive")
+    def setup(self) -> None:
         self.stages = parse_stages(self.hp["stages"])
         self.sizes: dict[str, tuple[int, int]] = {}  # teacher tap -> common grid
         for stage in self.stages:
@@ -73,9 +70,6 @@ class AT(Distiller):
 
     def student_taps(self) -> list[str]:
         return list(self.stages)
-
-    def teacher_taps(self) -> list[str]:
-        return branch_taps(self.branches, self.stages)
 
     def teacher_reductions(self) -> dict[str, Reduction]:
         # Only p = 2 is cached; other exponents need the raw map in forward.

@@ -16,7 +16,7 @@ from typing import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench import Distiller, DistillerError, HParam, branch_taps, hookimpl
+from kdbench import Distiller, HParam, hookimpl
 from kdbench.connectors import STAGES, HintRegressor, map_shape
 
 
@@ -25,16 +25,14 @@ class FitNet(Distiller):
     description = "FitNet hints: regress a teacher stage map from the student's through a conv connector."
     defaults = {
         "beta": HParam(100.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill hint -a 0 -b 100"),
-        "hint": HParam("stage2", source="RepDistiller --hint_layer 2: the output of the 2nd residual stage"),
+        "hint": HParam("stage2", source="RepDistiller --hint_layer 2: the output of the 2nd residual stage",
+                       choices=STAGES),
         "kernel": HParam(1, source="RepDistiller ConvReg for equal sizes (kernel 1+s_H-t_H = 1); "
                                    "torchdistill's FitNet sample ConvReg (k=1)"),
     }
 
-    def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
-        super().__init__(mode, student_shapes, teacher_shapes, **hparams)
+    def setup(self) -> None:
         self.hint = self.hp["hint"]
-        if self.hint not in STAGES:
-            raise DistillerError(f"hint={self.hint!r}: choose one of {', '.join(STAGES)}")
         s = map_shape(self.student_shapes, self.hint, "student")
         self.regressors = nn.ModuleDict({
             b: HintRegressor(s, map_shape(self.teacher_shapes, f"{b}.{self.hint}", "teacher"), self.hp["kernel"])
@@ -43,9 +41,6 @@ class FitNet(Distiller):
 
     def student_taps(self) -> list[str]:
         return [self.hint]
-
-    def teacher_taps(self) -> list[str]:
-        return branch_taps(self.branches, [self.hint])
 
     def forward(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchdistill.losses.mid_level import PKTLoss
 
-from kdbench import Distiller, DistillerError, HParam, branch_taps, hookimpl
+from kdbench import Distiller, DistillerError, HParam, hookimpl
 from kdbench.connectors import fp32
 
 TAP = "pooled"
@@ -29,8 +29,7 @@ class PKT(Distiller):
         "eps": HParam(1e-7, source="RepDistiller PKT and torchdistill PKTLoss (eps=1e-7)"),
     }
 
-    def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
-        super().__init__(mode, student_shapes, teacher_shapes, **hparams)
+    def setup(self) -> None:
         for owner, shapes, taps in (("student", self.student_shapes, [TAP]),
                                     ("teacher", self.teacher_shapes, self.teacher_taps())):
             for tap in taps:
@@ -41,9 +40,6 @@ class PKT(Distiller):
 
     def student_taps(self) -> list[str]:
         return [TAP]
-
-    def teacher_taps(self) -> list[str]:
-        return branch_taps(self.branches, [TAP])
 
     def forward(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor

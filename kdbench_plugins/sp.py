@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench import Distiller, HParam, branch_taps, hookimpl
+from kdbench import Distiller, HParam, hookimpl
 from kdbench.connectors import fp32, map_shape
 
 TAP = "stage4"
@@ -38,17 +38,13 @@ class SP(Distiller):
         "beta": HParam(3000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill similarity -b 3000"),
     }
 
-    def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
-        super().__init__(mode, student_shapes, teacher_shapes, **hparams)
+    def setup(self) -> None:
         map_shape(self.student_shapes, TAP, "student")
         for tap in self.teacher_taps():
             map_shape(self.teacher_shapes, tap, "teacher")
 
     def student_taps(self) -> list[str]:
         return [TAP]
-
-    def teacher_taps(self) -> list[str]:
-        return branch_taps(self.branches, [TAP])
 
     def forward(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor

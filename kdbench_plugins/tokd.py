@@ -14,28 +14,27 @@ design, the decisions and the defaults.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from functools import partial
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench import Distiller, DistillerError, HParam, StepInfo, hookimpl
+from kdbench.connectors import conv_bn_relu, map_shape, resize
+from kdbench.distiller import Reduction
 from kdbench.rotation import INITS, LOSSES, OPTIMIZERS, TARGETS, UPDATES, Rotation, target_vector
 
 BRANCH_CHOICES = ("auto", "rgb", "fre", "both")
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-
 def student_projector(branch: str, cin: int, cout: int) -> nn.Sequential:
     """G_Sr: 1x1 then 3x3 conv; G_Sf: 1x1, 3x3, 3x3 conv; each conv followed by BN and ReLU
     (the first conv maps student channels to the teacher's projection channels)."""
-    layers = _conv_bn_relu(cin, cout, 1) + _conv_bn_relu(cout, cout, 3)
+    layers = conv_bn_relu(cin, cout, 1) + conv_bn_relu(cout, cout, 3)
     if branch == "fre":
-        layers += _conv_bn_relu(cout, cout, 3)
+        layers += conv_bn_relu(cout, cout, 3)
     return nn.Sequential(*layers)
 
 
@@ -54,16 +53,6 @@ def kd_distance(fs: Tensor, ft: Tensor, distance: str = "sq_l2") -> Tensor:
     return sq.mean() if distance == "mse" else sq.sum(1).mean()
 
 
-def _align(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    return x if tuple(x.shape[-2:]) == hw else F.adaptive_avg_pool2d(x, hw)
-
-
-def _choice(name: str, value: str, options: tuple[str, ...]) -> str:
-    if value not in options:
-        raise DistillerError(f"{name}={value!r} unknown for 'tokd'; choose one of: {', '.join(options)}")
-    return value
-
-
 class TOKD(Distiller):
     name = "tokd"
     modes = ("rgb", "both")
@@ -74,42 +63,37 @@ class TOKD(Distiller):
     defaults = {
         "alpha": HParam(10.0, "paper Sec. 5.1: alpha1 = alpha2 = 10 on FF++ (use 200 on Celeb-DF)"),
         "distance": HParam("sq_l2", "Eq. 6/7: sq_l2 = per-sample ||a - b||^2 of unit maps (size-free); "
-                                    "mse = mean over elements (before 0.x; docs/tokd.md)"),
-        "branches": HParam("auto", "Table 6 rows: auto = from mode (rgb -> rgb, both -> both); or rgb | fre | both"),
+                                    "mse = mean over elements (the former form; docs/tokd.md)", choices=DISTANCES),
+        "branches": HParam("auto", "Table 6 rows: auto = from mode (rgb -> rgb, both -> both); or rgb | fre | both",
+                           choices=BRANCH_CHOICES),
         "projector": HParam(True, "paper Sec. 4.1; false = a single 1x1 conv adapter (Table 6 ablation)"),
         "rotation": HParam(True, "paper Sec. 4.2; only acts with two branches (ignored in rgb mode)"),
-        "rotation_dim": HParam(1024, "paper Sec. 5.1 / Table 5: d = 1024; d > C*H*W is an error, 0 = off"),
-        "rotation_update": HParam("riemannian", "kdbench: geodesic step on SO(d) (riemannian | expm | cayley)"),
-        "rotation_optimizer": HParam("sgd", "paper Eq. 16 (plain SGD, weight decay 0); adam as an option"),
-        "rotation_lr": HParam(1e-3, "kdbench choice (paper gives none): SGD step on the batch-summed L_R"),
-        "rotation_gamma": HParam(0.7, "kdbench choice: eta_R/eta_S decays by gamma per epoch (Stackelberg)"),
-        "rotation_target": HParam("mean", "paper Eq. 15 literal; rotograd = Frobenius-normalised per task"),
-        "rotation_loss": HParam("cos", "paper Eq. 13 (cosine); rotograd_mse = RotoGrad's ||R g - g~||^2"),
-        "rotation_init": HParam("identity", "kdbench: identity (first step = plain KD); haar as an option"),
+        "rotation_dim": HParam(1024, "paper Sec. 5.1 / Table 5: d = 1024; d > C*H*W is an error, 0 = off", low=0),
+        "rotation_update": HParam("riemannian", "kdbench: geodesic step on SO(d) (riemannian | expm | cayley)",
+                                  choices=UPDATES),
+        "rotation_optimizer": HParam("sgd", "paper Eq. 16 (plain SGD, weight decay 0); adam as an option",
+                                     choices=OPTIMIZERS),
+        "rotation_lr": HParam(1e-3, "kdbench choice (paper gives none): SGD step on the batch-summed L_R", low=0),
+        "rotation_gamma": HParam(0.7, "kdbench choice: eta_R/eta_S decays by gamma per epoch (Stackelberg)",
+                                 low=0, high=1, low_open=True),
+        "rotation_target": HParam("mean", "paper Eq. 15 literal; rotograd = Frobenius-normalised per task",
+                                  choices=TARGETS),
+        "rotation_loss": HParam("cos", "paper Eq. 13 (cosine); rotograd_mse = RotoGrad's ||R g - g~||^2",
+                                choices=LOSSES),
+        "rotation_init": HParam("identity", "kdbench: identity (first step = plain KD); haar as an option",
+                                choices=INITS),
         "reortho_every": HParam(100, "kdbench: QR re-orthonormalisation period of the riemannian R (0 = never)"),
     }
 
-    def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
-        super().__init__(mode, student_shapes, teacher_shapes, **hparams)
+    def setup(self) -> None:
         hp = self.hp
         self._branches = self._resolve_branches(hp["branches"])
-        _choice("distance", hp["distance"], DISTANCES)
-        for key, options in (("rotation_update", UPDATES), ("rotation_optimizer", OPTIMIZERS),
-                             ("rotation_target", TARGETS), ("rotation_loss", LOSSES), ("rotation_init", INITS)):
-            _choice(key, hp[key], options)
-        if hp["rotation_dim"] < 0:
-            raise DistillerError(f"rotation_dim={hp['rotation_dim']} must be >= 0 (0 turns rotation off)")
-        if not 0.0 < hp["rotation_gamma"] <= 1.0:
-            raise DistillerError(f"rotation_gamma={hp['rotation_gamma']} must be in (0, 1]")
-        if hp["rotation_lr"] < 0:
-            raise DistillerError(f"rotation_lr={hp['rotation_lr']} must be >= 0")
-
-        zs = self._map_shape(self.student_shapes, "stage4", "student")
+        zs = map_shape(self.student_shapes, "stage4", "student")
         self.latent_shape = zs
         self.proj = nn.ModuleDict()
         self._hw: dict[str, tuple[int, int]] = {}
         for b in self._branches:
-            ts = self._map_shape(self.teacher_shapes, f"{b}.proj", "teacher")
+            ts = map_shape(self.teacher_shapes, f"{b}.proj", "teacher")
             if hp["projector"]:
                 self.proj[b] = student_projector(b, zs[0], ts[0])
             else:  # direct matching: one 1x1 conv adapter from student to teacher channels
@@ -125,21 +109,11 @@ class TOKD(Distiller):
 
     # -- configuration ------------------------------------------------------
     def _resolve_branches(self, value: str) -> tuple[str, ...]:
-        _choice("branches", value, BRANCH_CHOICES)
         if value == "auto":
             return ("rgb",) if self.mode == "rgb" else ("rgb", "fre")
         if self.mode == "rgb" and value != "rgb":
             raise DistillerError(f"branches={value!r} needs mode 'both' (mode 'rgb' distills the RGB branch only)")
         return ("rgb", "fre") if value == "both" else (value,)
-
-    @staticmethod
-    def _map_shape(shapes: Mapping, tap: str, who: str) -> tuple[int, int, int]:
-        if tap not in shapes:
-            raise DistillerError(f"tokd needs the {who} tap {tap!r}; probed taps: {', '.join(sorted(shapes))}")
-        shape = tuple(int(s) for s in shapes[tap])
-        if len(shape) != 3:
-            raise DistillerError(f"tokd needs a (C, H, W) map at {who} tap {tap!r}, got shape {shape}")
-        return shape  # type: ignore[return-value]
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -155,13 +129,14 @@ class TOKD(Distiller):
     def teacher_taps(self) -> list[str]:
         return [f"{b}.proj" for b in self._branches]
 
-    def teacher_reductions(self) -> dict[str, Callable[[Tensor], Tensor]]:
-        """Pool a teacher projection larger than the student map down to the common size before caching."""
-        out = {}
+    def teacher_reductions(self) -> dict[str, Reduction]:
+        """Pool a teacher projection larger than the student map down to the common size before
+        caching (the size bound to ``resize`` is part of the cache key)."""
+        out: dict[str, Reduction] = {}
         for b in self._branches:
             tap, hw = f"{b}.proj", self._hw[b]
             if tuple(self.teacher_shapes[tap][1:]) != hw:
-                out[tap] = lambda t, hw=hw: _align(t, hw)
+                out[tap] = partial(resize, size=hw)
         return out
 
     def leader_parameters(self):
@@ -190,8 +165,8 @@ class TOKD(Distiller):
         terms = {}
         for b in self._branches:
             hw = self._hw[b]
-            fs = _align(self.proj[b](inputs[b]), hw)
-            ft = _align(teacher[f"{b}.proj"], hw)
+            fs = resize(self.proj[b](inputs[b]), hw)
+            ft = resize(teacher[f"{b}.proj"], hw)
             terms[f"kd_{b}"] = alpha * kd_distance(fs, ft, self.hp["distance"])
         return terms
 

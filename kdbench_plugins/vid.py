@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from kdbench import Distiller, HParam, branch_taps, hookimpl
+from kdbench import Distiller, HParam, hookimpl
 from kdbench.connectors import VIDRegressor, map_shape, parse_stages
 
 
@@ -45,8 +45,7 @@ class VID(Distiller):
                          source="RepDistiller: every residual stage (feat[1:-1]); torchdistill sample: layer1..4"),
     }
 
-    def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
-        super().__init__(mode, student_shapes, teacher_shapes, **hparams)
+    def setup(self) -> None:
         self.stages = parse_stages(self.hp["stages"])
         self.regressors = nn.ModuleDict()  # branch -> stage -> VIDRegressor
         for branch in self.branches:
@@ -62,9 +61,6 @@ class VID(Distiller):
 
     def student_taps(self) -> list[str]:
         return list(self.stages)
-
-    def teacher_taps(self) -> list[str]:
-        return branch_taps(self.branches, self.stages)
 
     def forward(
         self, student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], labels: Tensor

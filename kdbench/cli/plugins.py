@@ -17,6 +17,7 @@ def plugins_list(ctx: typer.Context) -> None:
     gradient-conflict resolver (``--resolver``, Both mode)."""
     if ctx.invoked_subcommand is not None:
         return
+    from kdbench.distiller import hparam_spec
     from kdbench.plugins import registry
 
     reg = registry()
@@ -26,7 +27,7 @@ def plugins_list(ctx: typer.Context) -> None:
     for col in ("name", "modes", "defaults", "provided by"):
         table.add_column(col)
     for name, cls in sorted(reg.distillers.items()):
-        defaults = ", ".join(f"{k}={v.value}" for k, v in cls.defaults.items())
+        defaults = ", ".join(f"{k}={v.value}" for k, v in hparam_spec(cls).items())
         table.add_row(Text(name), Text(", ".join(cls.modes)), Text(defaults), Text(reg.providers.get(name, "?")))
     out.print(table)
     resolvers = Table(title="kdbench resolvers (--resolver, Both mode)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import typer
 from rich.table import Table
@@ -12,10 +12,15 @@ from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
                                 ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
-                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names,
-                                cli_errors, console, data_options, escape, log, out, require_pretrained, results_store,
-                                split_list, workspace)
+                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_choice,
+                                check_names, cli_errors, console, data_options, escape, log, out, require_pretrained,
+                                results_store, split_list, workspace)
 from kdbench.config import ConfigError
+
+if TYPE_CHECKING:
+    from kdbench.grid import Cell, GridReport
+    from kdbench.store import ResultsStore
+    from kdbench.train.runner import Workspace
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
 
@@ -116,14 +121,34 @@ def grid(
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
+    executor: str = typer.Option("local", "--executor", help="local: the cells in turn in this process; "
+                                 "ray: the cells as Ray tasks over a machine's GPUs or a cluster "
+                                 "(the ray extra; docs/cluster.md)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray: the cluster to join, e.g. auto or "
+                                          "ray://head:10001 (default: $RAY_ADDRESS, else a new local Ray)."),
+    gpus_per_run: Optional[float] = typer.Option(None, "--gpus-per-run", help="Ray: GPUs per run; a fraction "
+                                                 "shares a GPU (0.25: four runs on one). Default: 1 when the "
+                                                 "cluster has GPUs, else 0."),
+    cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run", help="Ray: CPUs per run, also its "
+                                                 "torch threads (default 1)."),
 ) -> None:
-    """Run a grid of cells, skipping finished ones (resumable, shardable)."""
-    from kdbench.data.registry import DatasetCache
-    from kdbench.grid import expand, parse_seeds, parse_shard, run_grid, shard
-    from kdbench.train.runner import run as run_one
-    from kdbench.train.runtime import make_runtime
-    from kdbench.train.teacher_cache import TeacherCache
+    """Run a grid of cells, skipping finished ones (resumable, shardable; on Ray with --executor ray)."""
+    from kdbench.grid import expand, parse_seeds, parse_shard, shard
 
+    check_choice("executor", executor, ["local", "ray"])
+    ray_opts = {"--address": address, "--gpus-per-run": gpus_per_run, "--cpus-per-run": cpus_per_run}
+    if executor == "local" and any(v is not None for v in ray_opts.values()):
+        raise ConfigError(f"{', '.join(k for k, v in ray_opts.items() if v is not None)} needs --executor ray")
+    if executor == "ray":
+        from kdbench.grid_ray import RaySettings, import_ray
+
+        if device != "auto":
+            raise ConfigError("with --executor ray the device follows --gpus-per-run (0: CPU); drop --device")
+        settings = RaySettings(address=address, gpus_per_run=gpus_per_run,
+                               cpus_per_run=1.0 if cpus_per_run is None else cpus_per_run,
+                               precision=precision, compile=compile_model)
+        settings.check()
+        import_ray()
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
@@ -152,17 +177,34 @@ def grid(
         done = sum(status.get(c.cfg.hash) == "done" for c in cells)
         out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False, markup=False)
         return
-    rt = make_runtime(device, precision, compile_model)
-    dataset_cache = DatasetCache()  # each dataset is generated or decoded once for the whole grid
-    teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
-    report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
-                                                  progress=console.is_terminal, datasets=dataset_cache,
-                                                  teachers=teachers),
-                      lambda cell: status.get(cell.cfg.hash) == "done", log=log)
+    if executor == "ray":
+        from kdbench.grid_ray import run_grid_ray
+
+        report = run_grid_ray(cells, ws, store, settings, log=log)
+    else:
+        report = _run_local(cells, ws, store, status, spec, device, precision, compile_model)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
               f"{len(report.failed)} failed", highlight=False, markup=False)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _run_local(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, status: dict[str, str], spec: str,
+               device: str, precision: str, compile_model: bool) -> GridReport:
+    """The cells in turn in this process, sharing one dataset and teacher cache."""
+    from kdbench.data.registry import DatasetCache
+    from kdbench.grid import run_grid
+    from kdbench.train.runner import run as run_one
+    from kdbench.train.runtime import make_runtime
+    from kdbench.train.teacher_cache import TeacherCache
+
+    rt = make_runtime(device, precision, compile_model)
+    dataset_cache = DatasetCache()  # each dataset is generated or decoded once for the whole grid
+    teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
+    return run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
+                                                progress=console.is_terminal, datasets=dataset_cache,
+                                                teachers=teachers),
+                    lambda cell: status.get(cell.cfg.hash) == "done", log=log)
 
 
 @teacher_app.command("train")

@@ -18,13 +18,10 @@ from typing import Collection
 import torch
 from torch import Tensor, nn
 
+from kdbench.connectors import conv_bn_relu
 from kdbench.models.frequency import FrequencyTransform
 from kdbench.models.pretrained import load_backbone
 from kdbench.models.students import NETWORKS
-
-
-def conv_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 def rgb_projector(cin: int, width: int) -> nn.Sequential:

@@ -160,14 +160,26 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         teachers: TeacherCache | None = None) -> RunRecord:
     """Train ``cfg`` and store its record; a failure is recorded, then re-raised.
     ``datasets``, ``teachers``: caches shared by the runs of a grid (default: load afresh)."""
+    previous = store.get(cfg.hash) if rt.is_main else None
+    put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
+    return train(cfg, ws, rt, put, previous, spec=spec, log=log, progress=progress, datasets=datasets,
+                 teachers=teachers)
+
+
+def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord], None],
+          previous: RunRecord | None = None, spec: str = "", log: Log = print, progress: bool = True,
+          datasets: DatasetCache | None = None, teachers: TeacherCache | None = None) -> RunRecord:
+    """``run`` without the store: the record goes to ``put`` when the run starts (after its
+    set-up: a usage error leaves no record) and when it ends (done, failed or interrupted), so a
+    process that must not write the store (a Ray worker, ``kdbench.grid_ray``) hands it to one
+    that does. Checkpoints still go to ``ws``. ``previous``: the stored record of an earlier,
+    unfinished attempt."""
     run_hash = cfg.hash
     rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
                     status="running", config=cfg.to_dict(), device=device_name(rt.device), versions=versions())
-    previous = store.get(run_hash) if rt.is_main else None
     if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
         rec.created, rec.wall_time = previous.created, previous.wall_time
-    put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
     t0 = time.perf_counter()
     clock = PhaseClock()
 

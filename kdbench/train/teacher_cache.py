@@ -7,6 +7,7 @@ corrupt (never silently used). Every distiller and student reuses them.
 """
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -41,7 +42,15 @@ def teacher_key(cfg: RunConfig) -> dict[str, Any]:
 
 
 def reduction_name(fn: Callable[[Tensor], Tensor] | None) -> str:
-    return "raw" if fn is None else f"{fn.__module__}.{fn.__qualname__}"
+    """What a cached tap's reduction is called in its cache key: ``module.qualname`` of a
+    module-level function, with the bound arguments of a ``functools.partial`` of one
+    (``kdbench_plugins.tokd.align(hw=(6, 6))``), so two parameterisations never share a file."""
+    if fn is None:
+        return "raw"
+    if isinstance(fn, functools.partial):
+        bound = [*map(repr, fn.args), *(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))]
+        return f"{reduction_name(fn.func)}({', '.join(bound)})"
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 @dataclass

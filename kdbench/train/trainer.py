@@ -196,7 +196,7 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
     resolve = resolver is not None and distiller is not None
     diagnose = info.log and distiller is not None and distiller.mode == "both" \
-        and not getattr(distiller, "reports_grad_cos", False) and not resolve
+        and not distiller.reports_grad_cos and not resolve
     weigh = info.log and distiller is not None  # the loss balance (kdbench.train.balance)
     with rt.autocast():
         logits, taps = forward(x)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdbench import Distiller, HParam, branch_taps, hookimpl
+from kdbench import Distiller, HParam, hookimpl
+from kdbench.connectors import STAGES
 
 
 def _channel_patterns(x: Tensor) -> Tensor:
@@ -39,14 +40,11 @@ class NST(Distiller):
     description = "Neural Selectivity Transfer: polynomial-kernel MMD of channel activation patterns."
     defaults = {
         "beta": HParam(50.0, "RepDistiller scripts: --distill nst -b 50"),
-        "tap": HParam("stage4", "NST is applied to the last conv stage"),
+        "tap": HParam("stage4", "NST is applied to the last conv stage", choices=STAGES),
     }
 
     def student_taps(self) -> list[str]:
-        return [self.hp["tap"]]
-
-    def teacher_taps(self) -> list[str]:
-        return branch_taps(self.branches, [self.hp["tap"]])
+        return [self.hp["tap"]]  # the teacher taps default to these on every branch
 
     def forward(self, student: dict[str, Tensor], teacher: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
         tap = self.hp["tap"]
