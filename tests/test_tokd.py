@@ -155,7 +155,7 @@ def test_distance_of_normalised_projections_weighted_by_alpha():
     big_s, big_t = s.repeat(1, 1, 4, 4), t.repeat(1, 1, 4, 4)  # the same maps at 16x the resolution
     assert torch.allclose(kd_distance(big_s, big_t, "sq_l2"), kd_distance(s, t, "sq_l2"), atol=1e-6)
     assert torch.allclose(kd_distance(big_s, big_t, "mse") * 16, kd_distance(s, t, "mse"), atol=1e-6)
-    with pytest.raises(DistillerError, match="distance='l1' unknown"):
+    with pytest.raises(DistillerError, match="distance='l1' for 'tokd': choose one of: sq_l2, mse"):
         make("rgb", distance="l1")
     x, teacher, y = batch()
     _, st = Toy()(x)
