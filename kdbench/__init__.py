@@ -31,10 +31,19 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from kdbench.distiller import BRANCHES, Distiller, DistillerError, HParam, StepInfo, branch_taps
-    from kdbench.hookspecs import hookimpl
-    from kdbench.plugins import available_distillers, available_resolvers, create_distiller, create_resolver
-    from kdbench.resolver import Resolver, ResolverError
+    from kdbench.distiller import BRANCHES as BRANCHES
+    from kdbench.distiller import Distiller as Distiller
+    from kdbench.distiller import DistillerError as DistillerError
+    from kdbench.distiller import HParam as HParam
+    from kdbench.distiller import StepInfo as StepInfo
+    from kdbench.distiller import branch_taps as branch_taps
+    from kdbench.hookspecs import hookimpl as hookimpl
+    from kdbench.plugins import available_distillers as available_distillers
+    from kdbench.plugins import available_resolvers as available_resolvers
+    from kdbench.plugins import create_distiller as create_distiller
+    from kdbench.plugins import create_resolver as create_resolver
+    from kdbench.resolver import Resolver as Resolver
+    from kdbench.resolver import ResolverError as ResolverError
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from kdbench import Distiller, DistillerError, HParam, branch_taps, hookimpl
 from kdbench.connectors import fp32, vector_shape
 from kdbench.distiller import Reduction

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from step_factory import step_case
 
 from kdbench.distiller import StepInfo
 from kdbench.train import balance, trainer
 from kdbench.train.runtime import Runtime
-from step_factory import step_case
 
 RT = Runtime()
 INFO = dict(step=0, epoch=0, epochs=1, steps_per_epoch=10, student_lr=1e-3, base_lr=1e-3)

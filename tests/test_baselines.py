@@ -9,6 +9,7 @@ import math
 from collections import Counter
 
 import pytest
+import reference_losses as ref  # tests/ has no __init__.py, so pytest puts it on sys.path
 import torch
 import torch.nn.functional as F
 from torchdistill.losses.mid_level import ATLoss, PKTLoss, SPKDLoss, VIDLoss
@@ -20,8 +21,6 @@ from kdbench.connectors import resize
 from kdbench.models.students import STUDENTS, build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
-
-import reference_losses as ref  # tests/ has no __init__.py, so pytest puts it on sys.path
 
 METHODS = ("at", "pkt", "sp", "vid", "fitnet")
 MODES = ("rgb", "both")

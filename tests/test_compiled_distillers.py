@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 import torch
+from step_factory import step_case
 
 from kdbench.distiller import StepInfo
 from kdbench.train.runtime import Runtime
 from kdbench.train.trainer import compiled_step, make_optimizer, train_step
-from step_factory import step_case
 
 pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                                 reason="torch.compile on CPU needs a C++ compiler")
@@ -61,8 +61,8 @@ def test_a_compiled_run_compiles_the_distiller_and_learns_alike(smoke_workspace,
     """`kdbench run --compile` with a distiller: the run's KD loss follows the eager run's (drift
     that Adam amplifies aside, as for the compiled student alone in test_pipeline)."""
     from kdbench.config import resolve
-    from kdbench.train.runner import run
     from kdbench.store import ResultsStore
+    from kdbench.train.runner import run
 
     cfg = resolve(method="at", mode="both", profile="smoke", train={"epochs": 1})
     store, quiet = ResultsStore(smoke_workspace.store_path), dict(log=lambda m: None, progress=False)

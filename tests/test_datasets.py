@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import kdbench.data.prepared as prepared
+from kdbench.data.prepare import prepare
 from kdbench.data.prepared import TRAINVAL, UNSPLIT, carve_splits
 from kdbench.data.registry import DatasetError, load_dataset
 from kdbench.train.metrics import forgery_metrics
-from kdbench.data.prepare import prepare
 
 METHODS = "Deepfakes,Face2Face"
 
@@ -158,9 +158,9 @@ def test_folder_dataset_raw_images_and_csv(tmp_path):
 
 def test_prepare_then_run_completes(ffpp_dir, tmp_path):
     from kdbench.config import resolve
+    from kdbench.store import ResultsStore
     from kdbench.train.runner import Workspace, run
     from kdbench.train.runtime import Runtime
-    from kdbench.store import ResultsStore
 
     cfg = resolve(method="vanilla", profile="smoke", dataset="ffpp-c40", data={"root": str(ffpp_dir)},
                   train={"epochs": 1}, teacher={"epochs": 1})  # 48 px; one epoch each keeps it short

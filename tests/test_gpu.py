@@ -5,6 +5,7 @@ never wait for the GPU (CUDA's sync debug mode set to error)."""
 
 import pytest
 import torch
+from step_factory import step_case  # tests/ has no __init__.py, so pytest puts it on sys.path
 
 from kdbench.config import resolve
 from kdbench.data.feeder import feed
@@ -13,11 +14,10 @@ from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller
 from kdbench.rotation import expm_each
+from kdbench.store import ResultsStore
 from kdbench.train.runner import Workspace, run
 from kdbench.train.runtime import Runtime, allow_tf32, prepare_module
-from kdbench.store import ResultsStore
 from kdbench.train.trainer import LossWatch, TrainingError, make_optimizer, to_input, train_step
-from step_factory import step_case  # tests/ has no __init__.py, so pytest puts it on sys.path
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -201,9 +201,9 @@ def test_runs_on_every_placement_tier_agree(tmp_path, monkeypatch, precision):
 def test_nan_loss_stops_a_gpu_run_naming_the_step(tmp_path):
     """On a GPU the loss is read every log_every steps, not every step; the error still names
     the first bad step and term, and no checkpoint of the poisoned state is written."""
-    from kdbench.train.trainer import fit
     from kdbench.config import TrainConfig
     from kdbench.data.registry import load_dataset
+    from kdbench.train.trainer import fit
 
     cfg = resolve(profile="smoke")
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from typer.testing import CliRunner
 
 from kdbench.cli import app

@@ -3,11 +3,11 @@ queued kernels, and the GPU idles while the host catches up). Checked on CPU by 
 Python-level reads; tests/test_gpu.py checks the same steps under CUDA's sync debug mode."""
 import pytest
 import torch
+from step_factory import host_reads_refused, step_case  # tests/ has no __init__.py: on sys.path
 
 from kdbench.distiller import StepInfo
 from kdbench.train.runtime import Runtime
 from kdbench.train.trainer import LossWatch, train_step
-from step_factory import host_reads_refused, step_case  # tests/ has no __init__.py: on sys.path
 
 SIZE = 48
 

@@ -4,18 +4,22 @@ reductions the docstrings state, the fused mode, CRD's sampler and memory bank, 
 ``ce_weight`` and ``index``."""
 from __future__ import annotations
 
-import math
-
 import pytest
+import reference_losses as ref
 import torch
 import torch.nn.functional as F
-from torchdistill.losses.mid_level import (CRDLoss, DISTLoss, HierarchicalContextLoss, KDLoss, LogitStdKDLoss,
-                                           RKDLoss, CCKDLoss)
+from torchdistill.losses.mid_level import (
+    CCKDLoss,
+    CRDLoss,
+    DISTLoss,
+    HierarchicalContextLoss,
+    KDLoss,
+    LogitStdKDLoss,
+    RKDLoss,
+)
 from torchdistill.models.wrapper import AttentionBasedFusion
 
 from kdbench import DistillerError, available_distillers, create_distiller
-
-import reference_losses as ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NEW = ("kd", "dkd", "dist", "rkd", "cc", "crd", "reviewkd")
@@ -260,8 +264,8 @@ def test_reviewkd_aligns_unequal_grids_to_the_teacher():
 
 # -- the trainer: ce_weight and index ------------------------------------------------
 def test_trainer_weights_ce_and_passes_the_batch_index():
-    from kdbench.data.frames import FrameSet
     from kdbench.config import TrainConfig
+    from kdbench.data.frames import FrameSet
     from kdbench.distiller import Distiller
     from kdbench.train import trainer
 

@@ -7,9 +7,9 @@ import torch
 import kdbench.train.trainer as trainer
 from kdbench.config import resolve
 from kdbench.data.registry import load_dataset
+from kdbench.store import ResultsStore
 from kdbench.train.runner import Workspace, run
 from kdbench.train.runtime import Runtime
-from kdbench.store import ResultsStore
 from kdbench.train.teacher_cache import ensure_teacher
 
 CPU = torch.device("cpu")
@@ -284,9 +284,9 @@ def test_the_logged_gradient_cosine_is_taken_at_the_taps():
     gradients at the taps themselves: the partial derivatives, not totals that also gather, at
     stage 1, what flows back through the backbone from stages 2-4."""
     import torch.nn.functional as F
+    from step_factory import step_case
 
     from kdbench.distiller import StepInfo
-    from step_factory import step_case
 
     frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     y = torch.arange(8) % 2

@@ -6,16 +6,15 @@ import data_factory as factory
 import numpy as np
 import pytest
 import torch
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from kdbench.cli import app
 from kdbench.data.frames import normalize
 from kdbench.deploy.export import run_exported
+from kdbench.deploy.predict import CheckpointError, load_student, predict
 from kdbench.io import atomic_save, digest_path
 from kdbench.models.students import build_student
-from kdbench.deploy.predict import CheckpointError, load_student, predict
 
 SIZE = 48
 DISTILLER_MARKERS = ("distiller", "proj", "rotation", "leader", "connector", "regressor")

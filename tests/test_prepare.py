@@ -4,13 +4,12 @@ import sys
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from kdbench.cli import app
-from kdbench.data.registry import DatasetError
 from kdbench.data.prepare import prepare, sample_indices, square_box
+from kdbench.data.registry import DatasetError
 
 av = pytest.importorskip("av", reason="PyAV (pip install 'kdbench[video]') makes and reads the test videos")
 import data_factory as factory  # noqa: E402

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from test_errors import kdbench
 from torchvision.models import resnet18
 from typer.testing import CliRunner
 
@@ -19,7 +20,6 @@ from kdbench.config import resolve
 from kdbench.grid import expand
 from kdbench.models.students import build_student
 from kdbench.models.teacher import DualBranchTeacher
-from test_errors import kdbench
 
 
 @pytest.fixture(scope="module")

@@ -112,8 +112,9 @@ def test_builtins_keep_the_contract():
 # -- the trainer: resolved gradients injected at the taps ---------------------------------
 
 def step_parts(method):
-    from kdbench.train.runtime import Runtime
     from step_factory import step_case
+
+    from kdbench.train.runtime import Runtime
 
     frames = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     rt = Runtime()
@@ -349,11 +350,12 @@ def test_the_resolvers_table_marks_each_resolver_against_the_plain_sum(tmp_path)
     """FAKE records (test fixtures): SP with three resolvers, 3 seeds each."""
     import dataclasses
 
+    from test_tables import fake_record
+
     from kdbench.grid import expand
     from kdbench.report.render import render
     from kdbench.report.tables import build_table
     from kdbench.store import ResultsStore
-    from test_tables import fake_record
 
     store = ResultsStore(tmp_path / "r.sqlite")
     accs = {"none": [80.0, 80.5, 81.0], "pcgrad": [83.0, 83.5, 84.0], "cagrad": [80.2, 81.2, 79.7]}

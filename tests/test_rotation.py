@@ -10,6 +10,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from step_factory import host_reads_refused  # tests/ has no __init__.py: on sys.path
 
 from kdbench.distiller import DistillerError
 from kdbench.rotation import (
@@ -23,7 +24,6 @@ from kdbench.rotation import (
     taylor_exp,
     taylor_radius,
 )
-from step_factory import host_reads_refused  # tests/ has no __init__.py: on sys.path
 
 UPDATES = ("riemannian", "expm", "cayley")
 

@@ -11,15 +11,14 @@ import dataclasses
 import io
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from kdbench.cli import app
-from kdbench.report.render import csv_text, entry_text, render
 from kdbench.grid import expand
-from kdbench.train.runner import Workspace
-from kdbench.store import ResultsStore, RunRecord
+from kdbench.report.render import csv_text, entry_text, render
 from kdbench.report.tables import Stat, build_table, direction
+from kdbench.store import ResultsStore, RunRecord
+from kdbench.train.runner import Workspace
 
 # (method, mode) of res18t on synthetic -> FAKE test accuracies, one per seed 0, 1, 2, ...
 FAKE_ACC = {

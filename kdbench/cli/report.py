@@ -7,10 +7,24 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
-                                TeacherWeightsOpt,
-                                WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
-                                split_list, workspace)
+from kdbench.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    DatasetsOpt,
+    ResolverOpt,
+    StudentsOpt,
+    StudentWeightsOpt,
+    TeacherWeightsOpt,
+    WorkdirOpt,
+    cell_options,
+    check_choice,
+    check_names,
+    cli_errors,
+    out,
+    results_store,
+    split_list,
+    workspace,
+)
 from kdbench.config import ConfigError
 
 TABLES = ("1", "3", "4", "5", "6", "7", "resolvers", "balance")

@@ -10,11 +10,37 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
-                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_choice,
-                                check_names, cli_errors, console, data_options, escape, log, out, require_pretrained,
-                                results_store, split_list, workspace)
+from kdbench.cli.common import (
+    CompileOpt,
+    ConfigOpt,
+    DataOpt,
+    DataRootOpt,
+    DatasetsOpt,
+    DeviceOpt,
+    PrecisionOpt,
+    ProfileOpt,
+    RandomInitOpt,
+    ResolverOpt,
+    StudentsOpt,
+    StudentWeightsOpt,
+    TeacherWeightsOpt,
+    TestDataRootOpt,
+    WorkdirOpt,
+    build_config,
+    cell_options,
+    check_choice,
+    check_names,
+    cli_errors,
+    console,
+    data_options,
+    escape,
+    log,
+    out,
+    require_pretrained,
+    results_store,
+    split_list,
+    workspace,
+)
 from kdbench.config import ConfigError
 
 if TYPE_CHECKING:
@@ -28,7 +54,9 @@ teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.
 @cli_errors
 def run(
     method: str = typer.Option("tokd", "--method", "-m", help="Distiller (see `kdbench plugins`)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both | fused (logit methods: the teacher's fused logits); default: both where supported, else the only mode."),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="rgb | both | fused (logit methods: the teacher's fused logits); "
+        "default: both where supported, else the only mode."),
     student: str = typer.Option("res18t", "--student", "-s", help="res18t | res34t | xception."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     test_dataset: Optional[str] = typer.Option(None, "--test-dataset", help="Test on another dataset (Table 7)."),

@@ -22,8 +22,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdbench.data.frames import FAKE, REAL, SPLITS, FrameSplits
-from kdbench.data.prepared import (INDEX, UNSPLIT, Discovery, SourceVideo, build_splits, dataset_options,
-                                   decode_images, load_prepared, one_line, split_options)
+from kdbench.data.prepared import (
+    INDEX,
+    UNSPLIT,
+    Discovery,
+    SourceVideo,
+    build_splits,
+    dataset_options,
+    decode_images,
+    load_prepared,
+    one_line,
+    split_options,
+)
 from kdbench.data.registry import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -18,8 +18,17 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from kdbench.data.prepared import (FORMAT, INDEX, RESAMPLE, Discovery, SourceVideo, index_items, one_line,
-                                   read_index, write_json)
+from kdbench.data.prepared import (
+    FORMAT,
+    INDEX,
+    RESAMPLE,
+    Discovery,
+    SourceVideo,
+    index_items,
+    one_line,
+    read_index,
+    write_json,
+)
 from kdbench.data.registry import DatasetError
 
 SOURCES = ("ffpp", "celebdf", "folder")

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kdbench.config import file_sha256
 from kdbench.data.frames import SPLITS, FrameSet, FrameSplits
 from kdbench.data.registry import DatasetError
-from kdbench.config import file_sha256
 from kdbench.io import CorruptFileError, atomic_write, check_digest, remove, write_digest
 
 INDEX = "index.json"

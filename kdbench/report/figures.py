@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdbench.grid import Cell  # noqa: E402
-from kdbench.store import ResultsStore  # noqa: E402
 from kdbench.report.tables import METHOD_NAMES, STUDENT_NAMES, Lookup, NoDataError, dataset_name, test_metric  # noqa: E402
+from kdbench.store import ResultsStore  # noqa: E402
 
 NO_ROTATION_LABEL = "RGB+Fre+Projector"
 

@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 
 from kdbench.config import RunConfig, TrainConfig, digest
-from kdbench.train.runtime import Runtime, main_first, prepare_module
-from kdbench.io import CorruptFileError, atomic_save, atomic_write, load_verified, locked, remove, safe_load, verify
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
 from kdbench.distiller import reduce_taps
+from kdbench.io import CorruptFileError, atomic_save, atomic_write, load_verified, locked, remove, safe_load, verify
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
+from kdbench.train.runtime import Runtime, main_first, prepare_module
 
 TEACHER_FORMAT = 1
 Log = Callable[[str], None]
