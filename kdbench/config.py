@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import yaml
 
 PROFILES = ("smoke", "cpu", "paper", "gpu128")
+PIPELINE_CHECK = "pipeline check, not a benchmark"
 
 
 class ConfigError(ValueError):
@@ -117,6 +118,15 @@ def load_profile(name: str) -> dict[str, Any]:
     raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)} (or a .toml/.yaml file)")
 
 
+def is_pipeline_check(profile: str) -> bool:
+    """Whether ``profile`` says (``pipeline_check = true``) that its numbers only show the code runs:
+    tables, figures and run summaries then mark them so (the smoke profile's teacher is at chance)."""
+    try:
+        return bool(load_profile(profile).get("pipeline_check", False))
+    except ConfigError:
+        return False
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -194,6 +204,28 @@ def resolve(
     return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset, test_dataset=cross,
                      test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
                      teacher=teacher_cfg)
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``."""
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(cfg: RunConfig, base: RunConfig | None = None) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from ``base`` (default: the same method, mode, student,
+    datasets and seed on the bare profile), as dotted keys: what a config file, ``--hp`` or an
+    option changed. Used to tell apart runs that look alike in a listing; never hashed."""
+    if base is None:
+        base = resolve(method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
+                       profile=cfg.profile, seed=cfg.seed, test_dataset=cfg.test_dataset)
+    old, new = flatten(base.identity()), flatten(cfg.identity())
+    return {k: v for k, v in new.items() if old.get(k, object()) != v}
 
 
 def resolve_mode(method: str, mode: str | None) -> str:

@@ -5,7 +5,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from kdbench.cli.common import cli_errors, out
+from kdbench.cli.common import check_names, cli_errors, log, out
 
 plugins_app = typer.Typer(help="List installed distillers, or check one against the contract.")
 
@@ -34,12 +34,17 @@ def plugins_list(ctx: typer.Context) -> None:
 @cli_errors
 def plugins_check(
     name: str = typer.Argument(..., help="Distiller name (see `kdbench plugins`)."),
-    students: str = typer.Option(",".join(("res18t", "res34t", "xception")), "--students"),
+    students: str = typer.Option(",".join(("res18t", "res34t", "xception")), "--students",
+                                 help="Comma-separated students to check with."),
 ) -> None:
     """Run the contract checks on an installed distiller and print a pass/fail report."""
     from kdbench.contract import check_distiller
+    from kdbench.plugins import get_distiller_class
 
-    results = check_distiller(name, [s.strip() for s in students.split(",") if s.strip()])
+    get_distiller_class(name)  # an unknown or broken name: one line, exit 2, before any model is built
+    chosen = [s.strip() for s in students.split(",") if s.strip()]
+    check_names(chosen)
+    results = check_distiller(name, chosen, progress=log)
     table = Table(title=f"contract checks: {name}")
     for col in ("student", "mode", "check", "result", "detail"):
         table.add_column(col)

@@ -8,10 +8,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, PrecisionOpt,
-                                ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
-                                build_config, cell_options, check_names, cli_errors, console, data_options, log, out,
-                                split_list, workspace)
+from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, LogOpt,
+                                PrecisionOpt, ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
+                                build_config, cell_options, check_names, cli_errors, console, data_options, escape,
+                                log, loggers, out, split_list, workspace)
 from kdbench.store import ResultsStore
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
@@ -41,7 +41,11 @@ def run(
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on a terminal (elsewhere: "
+                                  "a line per epoch)."),
+    log_to: list[str] = LogOpt,
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration, its hash "
+                                      "and what it changes against the profile; run nothing."),
 ) -> None:
     """Train one student with one distiller and store the record."""
     from kdbench.train.runner import run as run_one
@@ -52,6 +56,10 @@ def run(
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
                        data_options(data, data_root), data_options([], test_data_root))
+    chosen_loggers = loggers(log_to, config)
+    if print_config:
+        print_resolved(cfg)
+        return
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
     done = store.get(cfg.hash)
@@ -61,16 +69,32 @@ def run(
     else:
         rt = make_runtime(device, precision, compile_model)
         rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
-                      progress=progress and console.is_terminal)
+                      progress=progress and console.is_terminal, loggers=chosen_loggers)
         if not rt.is_main:
             return
     print_metrics(rec)
 
 
+def print_resolved(cfg: Any) -> None:
+    """The resolved configuration as TOML-like sections on stdout, with its hash and what the
+    options and config file changed against the bare profile."""
+    from kdbench.config import changed_settings, flatten
+
+    out.print(f"# run {cfg.hash} (cell {cfg.cell}); {cfg.profile} profile", highlight=False, markup=False)
+    changed = changed_settings(cfg)
+    out.print("# changed against the profile: " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "nothing"),
+              highlight=False, markup=False)
+    for key, value in flatten(cfg.to_dict()).items():
+        out.print(f"{key} = {json.dumps(value, default=str)}", highlight=False, markup=False)
+
+
 def print_metrics(rec: Any) -> None:
+    from kdbench.config import PIPELINE_CHECK, is_pipeline_check
+
     test = rec.metrics["test"]
+    check = f"; {rec.profile} profile: {PIPELINE_CHECK}" if is_pipeline_check(rec.profile) else ""
     table = Table(title=f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
-                        f"best val epoch {rec.metrics['best_epoch'] + 1})")
+                        f"best val epoch {rec.metrics['best_epoch'] + 1}{check})")
     for key in ("acc", "auc", "eer", "ap", "video_auc"):
         if key in test:
             table.add_column(f"test {key.upper()} %", justify="right")
@@ -89,6 +113,8 @@ def grid(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
+    show_config: bool = typer.Option(False, "--show-config", help="With --dry-run: print each cell's resolved "
+                                     "configuration too."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     data: list[str] = DataOpt,
@@ -98,6 +124,7 @@ def grid(
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
+    log_to: list[str] = LogOpt,
 ) -> None:
     """Run a grid of cells, skipping finished ones (resumable, shardable)."""
     from kdbench.data.registry import DatasetCache
@@ -111,33 +138,92 @@ def grid(
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
                    **cell_options(config, teacher_weights, data, data_root, test_data_root))
     cells = shard(cells, *parse_shard(shard_opt))
+    chosen_loggers = loggers(log_to, config)
     ws = workspace(workdir)
     store = ResultsStore(ws.store_path)
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
-        table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile)")
-        for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
-            table.add_column(col)
-        for i, cell in enumerate(cells, 1):
-            c = cell.cfg
-            table.add_row(str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset, str(c.seed),
-                          " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
-                          status.get(c.hash, "todo"))
-        out.print(table)
-        done = sum(status.get(c.cfg.hash) == "done" for c in cells)
-        out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
+        bare = None
+        if config is not None:  # the same cells without the file, to show what it changed
+            opts = cell_options(None, teacher_weights, data, data_root, test_data_root)
+            bare = shard(expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
+                                datasets=split_list(datasets), seeds=parse_seeds(seeds), **opts),
+                         *parse_shard(shard_opt))
+        dry_run_table(spec, profile, cells, status, config, bare)
+        if show_config:
+            for cell in cells:
+                out.print("")
+                print_resolved(cell.cfg)
         return
     rt = make_runtime(device, precision, compile_model)
     dataset_cache = DatasetCache()  # each dataset is generated or decoded once for the whole grid
     teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
     report = run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
                                                   progress=console.is_terminal, datasets=dataset_cache,
-                                                  teachers=teachers),
+                                                  teachers=teachers, loggers=chosen_loggers),
                       lambda cell: status.get(cell.cfg.hash) == "done", log=log)
+    summary_table(spec, profile, report)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
               f"{len(report.failed)} failed", highlight=False)
     if report.failed:
         raise typer.Exit(1)
+
+
+def variant_text(cell: Any) -> str:
+    """What sets a cell apart within its method and mode: its sweep values, and its group's
+    label where that is not just the method's name (Table 6's "RGB+Fre+Projector")."""
+    parts = [f"{k}={v}" for k, v in cell.variant.items()]
+    if cell.label.lower() != cell.cfg.method:
+        parts.insert(0, cell.label)
+    return " ".join(parts)
+
+
+def dry_run_table(spec: str, profile: str, cells: list[Any], status: dict[str, str], config: Optional[Path],
+                  bare: Optional[list[Any]] = None) -> None:
+    from kdbench.config import PIPELINE_CHECK, changed_settings, is_pipeline_check
+    from kdbench.report.render import print_wide
+
+    check = f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else ""
+    table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile{check})")
+    for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
+        table.add_column(col)
+    for i, cell in enumerate(cells, 1):
+        c = cell.cfg
+        table.add_row(str(i), c.hash, c.method, c.mode, c.student, c.test_dataset or c.dataset, str(c.seed),
+                      escape(variant_text(cell)), status.get(c.hash, "todo"))
+    print_wide(table, out)
+    if config is not None and bare is not None and len(bare) == len(cells):
+        overrides: dict[str, set[str]] = {}
+        for cell, plain in zip(cells, bare):
+            for key, value in changed_settings(cell.cfg, plain.cfg).items():
+                overrides.setdefault(key, set()).add(json.dumps(value, default=str))
+        text = ", ".join(f"{k}={'|'.join(sorted(v))}" for k, v in overrides.items()) or "nothing (same as the profile)"
+        out.print(f"--config {config} sets: {text}", highlight=False, markup=False)
+    done = sum(status.get(c.cfg.hash) == "done" for c in cells)
+    out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
+
+
+def summary_table(spec: str, profile: str, report: Any) -> None:
+    """Every cell this invocation ran or failed, with its headline metrics."""
+    from kdbench.config import PIPELINE_CHECK, is_pipeline_check
+    from kdbench.report.render import print_wide
+
+    cells = [(cell, report.records.get(cell.cfg.hash), "") for cell in report.ran]
+    cells += [(cell, None, why) for cell, why in report.failed]
+    if not cells:
+        return
+    check = f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else ""
+    table = Table(title=f"grid {spec}: cells run now ({profile} profile{check})")
+    for col in ("hash", "method", "mode", "student", "seed", "variant", "test acc", "test auc", "wall s"):
+        table.add_column(col, justify="right" if col in ("test acc", "test auc", "wall s") else "left")
+    for cell, rec, why in cells:
+        c = cell.cfg
+        test = (getattr(rec, "metrics", None) or {}).get("test") or {}
+        metrics = [f"{test[k]:.2f}" if k in test else "-" for k in ("acc", "auc")]
+        wall = f"{rec.wall_time:.0f}" if getattr(rec, "wall_time", None) else "-"
+        table.add_row(c.hash, c.method, c.mode, c.student, str(c.seed), escape(variant_text(cell)),
+                      *(metrics if not why else [escape(f"failed: {why}"), "", ""]), wall)
+    print_wide(table, out)
 
 
 @teacher_app.command("train")
