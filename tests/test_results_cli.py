@@ -124,3 +124,23 @@ def test_help_renders_as_written():
 def test_plugins_check_unknown_is_one_line_exit_2():
     res = CliRunner().invoke(app, ["plugins", "check", "nosuch"])
     assert res.exit_code == 2 and res.output.strip().count("\n") == 0 and "unknown method 'nosuch'" in res.output
+
+
+def test_example_config_resolves_to_the_cpu_profile(tmp_path):
+    """examples/kdbench.toml holds every section and, as its comments say, repeats the cpu
+    profile's values: its runs are the bare profile's; changing one value makes another run."""
+    from pathlib import Path
+
+    from kdbench.config import changed_settings, load_config_file, resolve
+
+    example = Path(__file__).parents[1] / "examples" / "kdbench.toml"
+    cfg = load_config_file(example)
+    assert {"log", "train", "teacher", "hp", "data"} <= set(cfg) and {"tokd", "fitnet"} <= set(cfg["hp"])
+    for method in ("tokd", "fitnet", "at"):
+        assert resolve(method=method, config=cfg).hash == resolve(method=method).hash
+    cfg["hp"]["tokd"]["alpha"] = 50.0
+    changed = resolve(method="tokd", config=cfg)
+    assert changed_settings(changed) == {"hp.alpha": 50.0}
+    res = cli("run", "--config", example, "--method", "tokd", "--alpha", "20", "--print-config", "--workdir", tmp_path)
+    assert res.exit_code == 0 and "changed against the profile: hp.alpha=20.0" in res.stdout
+    assert not (tmp_path / "results.sqlite").exists()  # nothing ran
