@@ -17,10 +17,14 @@ updates (``update``):
   matrix exponential). QR with a sign fix re-orthonormalises every
   ``reortho_every`` leader steps so float drift cannot accumulate.
 * ``expm``: R = B expm(A - A^T) with A (strict lower triangle) a parameter and
-  B a buffer: RotoGrad's geotorch trivialisation; autograd through matrix_exp.
-* ``cayley``: R = B (I - S/2)^{-1} (I + S/2), S = A - A^T; autograd through solve.
+  B a buffer: RotoGrad's geotorch trivialisation; autograd through matrix_exp,
+  evaluated in float64 (A is unbounded; see ``matrices``).
+* ``cayley``: R = B (I - S/2)^{-1} (I + S/2), S = A - A^T; autograd through a QR
+  and a triangular solve (``cayley``).
 
-Maps and updates run in float32 with autocast off. The leader optimiser (SGD or
+Maps and updates run in float32 (the expm map in float64) with autocast off. No
+step uses an LU factorisation: on the CPU, MKL's LU gave wrong determinants and
+crashed with two threads at d >= 256 (``signed_qr``, ``cayley``). The leader optimiser (SGD or
 Adam, weight decay 0) is ours, acting on Omega (riemannian) or on A; its state
 and step counters travel in ``get_extra_state`` so checkpoints resume exactly.
 At the defaults (riemannian, SGD, cosine L_R) a leader step reads nothing back to
@@ -123,18 +127,44 @@ def exp_step(S: Tensor, bound: float | None) -> Tensor:
     return E
 
 
-def haar_rotation(k: int, d: int, generator: torch.Generator | None = None) -> Tensor:
-    """k Haar-distributed rotations (k, d, d), det +1 checked with slogdet (det underflows for d >= 512)."""
-    q, r = torch.linalg.qr(torch.randn(k, d, d, generator=generator, dtype=torch.float64))
-    q = q * r.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)
-    q[..., 0] *= torch.linalg.slogdet(q).sign.unsqueeze(-1)
+def signed_qr(X: Tensor) -> tuple[Tensor, Tensor]:
+    """Q of X's QR with the sign fix (diag of the triangle > 0, so Q is unique) and det(Q) in {-1, +1}.
+
+    Householder QR and nothing else: Q = H_1...H_n diag(s) with H_i = I - tau_i v_i v_i^T, a
+    reflection (det -1) where tau_i != 0, and s the signs of R's diagonal. So det(Q) is read off
+    tau and s exactly, with no LU: ``slogdet`` (LU) on the CPU gave wrong signs at d = 512 with two
+    MKL threads ("SLASWP parameter 6 incorrect"), and ``det`` underflows to 0 in float32 there."""
+    a, tau = torch.geqrf(X)
+    s = a.diagonal(dim1=-2, dim2=-1).sign()
+    s = torch.where(s == 0, torch.ones_like(s), s)  # a zero pivot (rank-deficient X): keep the column
+    q = torch.linalg.householder_product(a, tau) * s.unsqueeze(-2)
+    reflections = (tau != 0).sum(-1) + (s < 0).sum(-1)
+    return q, 1.0 - 2.0 * (reflections % 2).to(q.dtype)
+
+
+def haar_rotation(k: int, d: int, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None) -> Tensor:
+    """k Haar-distributed rotations (k, d, d), float32: Q of a Gaussian's signed QR (Haar on O(d)),
+    with the first column flipped where det(Q) = -1 (Haar on SO(d)). Float64 and LU-free
+    (``signed_qr``), so correct with any thread count; ``device``: where to draw and factorise."""
+    q, det = signed_qr(torch.randn(k, d, d, generator=generator, dtype=torch.float64, device=device))
+    q[..., 0] *= det.unsqueeze(-1)
     return q.float()
 
 
 def orthonormalize(R: Tensor) -> Tensor:
-    """Nearest-by-QR rotation: Q of R's QR with sign fix (diag of the triangle > 0), so det(Q) = sign det(R)."""
-    q, r = torch.linalg.qr(R.double())
-    return (q * r.diagonal(dim1=-2, dim2=-1).sign().unsqueeze(-2)).to(R.dtype)
+    """Nearest-by-QR rotation: Q of R's signed QR, so det(Q) = sign det(R) (a rotation stays one)."""
+    return signed_qr(R.double())[0].to(R.dtype)
+
+
+def cayley(S: Tensor) -> Tensor:
+    """The Cayley map (I - S/2)^{-1} (I + S/2) of a (K, d, d) skew stack, solved through a QR of
+    M = I - S/2 and a triangular solve: no LU, whose CPU path crashed at d >= 256 with two MKL
+    threads (``torch.linalg.solve``). M is well conditioned (its singular values are
+    sqrt(1 + sigma^2/4) for the singular values sigma of S), so QR loses no accuracy."""
+    eye = torch.eye(S.shape[-1], device=S.device, dtype=S.dtype)
+    q, r = torch.linalg.qr(eye - 0.5 * S)
+    return torch.linalg.solve_triangular(r, q.transpose(-2, -1) @ (eye + 0.5 * S), upper=True)
 
 
 def target_vector(v: Sequence[Tensor], kind: str = "mean") -> Tensor:
@@ -245,13 +275,13 @@ class Rotation(nn.Module):
         if self.update == "riemannian":
             return self.R
         with torch.autocast(self.A.device.type, enabled=False), ieee_fp32():
-            S = skew_of(self.A.float())
             if self.update == "expm":
-                Q = expm_each(S)
-            else:
-                eye = torch.eye(self.d, device=S.device, dtype=S.dtype)
-                Q = torch.linalg.solve(eye - 0.5 * S, eye + 0.5 * S)
-            return self.base.float() @ Q
+                # float64: A grows without bound (Adam at lr 5 reached |A| ~ 250 in 300 steps), and
+                # expm's scaling and squaring multiplies float32 roundoff by 2^squarings (an
+                # orthogonality error of 1e-4 there); in float64 the product rounds once to float32
+                Q = expm_each(skew_of(self.A.double()))
+                return (self.base.double() @ Q).float()
+            return self.base.float() @ cayley(skew_of(self.A.float()))
 
     def _check(self, z: Tensor) -> None:
         if math.prod(z.shape[1:]) != self.D:

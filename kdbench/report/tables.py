@@ -5,7 +5,7 @@ looking up every cell's ``cfg.cell`` hash (the config without the seed) in the
 store, so one run counts in every table whose spec contains its config. Each
 table cell is the mean ± sample std over the seeds found; nothing is ever
 filled in: a cell without a finished run shows "–". The result is a ``Grid``,
-printed by ``kdbench.cli_report`` as rich, markdown, LaTeX or CSV.
+printed by ``kdbench.report.render`` as rich, markdown, LaTeX or CSV.
 """
 from __future__ import annotations
 
