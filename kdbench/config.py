@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
@@ -19,36 +20,46 @@ import yaml
 
 PROFILES = ("smoke", "cpu", "paper", "gpu128")
 PIPELINE_CHECK = "pipeline check, not a benchmark"
+SEED_MAX = 2**63 - 1  # the store keeps seeds as SQLite integers
+# the sections a config file may hold; a profile may also hold per-dataset overrides
+CONFIG_KEYS = ("description", "train", "teacher", "hp", "data", "log")  # log: loggers, never hashed
+PROFILE_KEYS = (*CONFIG_KEYS, "dataset", "pipeline_check")
 
 
 class ConfigError(ValueError):
     """A profile, config file or option value is invalid."""
 
 
+def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
+    """A dataclass field whose value must lie in [low, high], checked where values enter
+    (``_apply``): a bad value is one line before anything runs, not an error deep in training."""
+    return field(default=default, metadata={"range": (low, high)})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    image_size: int = 64
-    epochs: int = 6
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    lr_step: int = 5
-    lr_gamma: float = 0.1
-    weight_decay: float = 0.0
-    log_every: int = 10  # diagnostic steps (gradient cosine) every N steps
+    image_size: int = bounded(64, 32)  # the students downsample 32x
+    epochs: int = bounded(6, 1)
+    batch_size: int = bounded(64, 2)  # no batch of one (BatchNorm)
+    eval_batch_size: int = bounded(256, 1)
+    lr: float = bounded(1e-3, 0)
+    lr_step: int = bounded(5, 1)
+    lr_gamma: float = bounded(0.1, 0)
+    weight_decay: float = bounded(0.0, 0)
+    log_every: int = bounded(10, 0)  # diagnostic steps (gradient cosine) every N steps
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     backbone: str = "res18t"
-    epochs: int = 6
-    lr: float = 1e-3
-    batch_size: int = 64
-    lr_step: int = 5
-    lr_gamma: float = 0.1
-    proj_channels: int = 128
-    freq_ratio: float = 1 / 3
-    seed: int = 0
+    epochs: int = bounded(6, 1)
+    lr: float = bounded(1e-3, 0)
+    batch_size: int = bounded(64, 2)
+    lr_step: int = bounded(5, 1)
+    lr_gamma: float = bounded(0.1, 0)
+    proj_channels: int = bounded(128, 1)
+    freq_ratio: float = bounded(1 / 3, 0, 1)
+    seed: int = bounded(0, 0, SEED_MAX)
     weights: str | None = None  # local pretrained branch weights (state_dict file)
     weights_sha256: str | None = None  # filled in at resolution: the hash sees the file's content
 
@@ -154,9 +165,40 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
             value = values[f.name]
             try:
                 typed[f.name] = type(default)(value) if default is not None and value is not None else value
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ConfigError(f"{where}.{f.name}={value!r} is not a valid {type(default).__name__}") from None
+            check_range(f"{where}.{f.name}", typed[f.name], *f.metadata.get("range", (None, None)))
     return replace(obj, **typed)
+
+
+def check_range(name: str, value: Any, low: float | None = None, high: float | None = None) -> None:
+    """A number that is finite and within [low, high] (a bound of None: open), else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name}={value} is not a finite number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{name}={value} is out of range: it must be {bounds}")
+
+
+def check_sections(data: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    """Unknown top-level sections are an error naming the valid ones (a typo such as ``[trian]``
+    would otherwise be ignored, and the run would go ahead with the defaults)."""
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown section {', '.join(map(repr, unknown))} in {where}; valid: {', '.join(allowed)}")
+    for key in set(data) - {"description"}:
+        if not isinstance(data[key], Mapping):
+            raise ConfigError(f"{where}: {key!r} must be a table/mapping, got {data[key]!r}")
+
+
+def check_names(data: Mapping[str, Any], section: str, noun: str, known: Any) -> None:
+    """The method (``[hp.METHOD]``) or dataset (``[data.DATASET]``) names of a section exist."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {noun} {', '.join(map(repr, unknown))} in [{section}]; choose one of: "
+                          f"{', '.join(sorted(known))}")
 
 
 def resolve(
@@ -176,8 +218,11 @@ def resolve(
 ) -> RunConfig:
     """Profile, then the profile's per-dataset section, then a config file, then explicit options."""
     prof = load_profile(profile)
-    per_dataset = prof.get("dataset", {}).get(dataset, {})
     config = config or {}
+    check_layers(profile, prof, config)
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"seed {seed} is out of range: it must be in [0, {SEED_MAX}]")
+    per_dataset = prof.get("dataset", {}).get(dataset, {})
     train_cfg, teacher_cfg = TrainConfig(), TeacherConfig()
     hp_all: dict[str, Any] = {}
     data_cfg: dict[str, Any] = {}
@@ -226,6 +271,28 @@ def changed_settings(cfg: RunConfig, base: RunConfig | None = None) -> dict[str,
                        profile=cfg.profile, seed=cfg.seed, test_dataset=cfg.test_dataset)
     old, new = flatten(base.identity()), flatten(cfg.identity())
     return {k: v for k, v in new.items() if old.get(k, object()) != v}
+
+
+def check_layers(profile: str, prof: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """Every section of a profile and a config file names something that exists: a typo in a
+    section, a method or a dataset name is an error listing the valid choices."""
+    from kdbench.data.registry import dataset_builders
+    from kdbench.distiller import resolve_hparams
+    from kdbench.plugins import available_distillers, get_distiller_class
+
+    datasets = dataset_builders()
+    check_sections(prof, f"profile {profile}", PROFILE_KEYS)
+    check_names(prof.get("dataset", {}), "dataset", "dataset", datasets)
+    layers = [(f"profile {profile}", prof), ("the config file", config),
+              *((f"profile {profile} [dataset.{name}]", sub) for name, sub in prof.get("dataset", {}).items())]
+    for where, layer in layers:
+        check_sections(layer, where, PROFILE_KEYS if layer is prof else CONFIG_KEYS)
+        check_names(layer.get("hp", {}), "hp", "method", available_distillers())
+        check_names(layer.get("data", {}), "data", "dataset", datasets)
+        for method, values in layer.get("hp", {}).items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{where}: [hp.{method}] must be a table/mapping")
+            resolve_hparams(get_distiller_class(method), values)  # unknown keys and bad values, named
 
 
 def resolve_mode(method: str, mode: str | None) -> str:

@@ -1,4 +1,5 @@
-"""Shape adaptation shared by the feature-based baselines (AT, VID, FitNet).
+"""Shape adaptation shared by the feature-based baselines (AT, VID, FitNet, ReviewKD), and the
+shape checks every built-in distiller makes.
 
 Student and teacher maps rarely agree: res18t gives 75x75 where an Xception
 branch gives 74x74 at 299 px, and at 48 px an Xception student is 11x11 where a
@@ -39,6 +40,26 @@ def map_shape(shapes: Mapping[str, Shape], tap: str, owner: str) -> tuple[int, i
     if len(shape) != 3:
         raise DistillerError(f"{owner} tap {tap!r} has shape {shape}; a (C, H, W) feature map is needed")
     return shape  # type: ignore[return-value]
+
+
+def vector_shape(shapes: Mapping[str, Shape], tap: str, owner: str) -> int:
+    """The length of a 1-D tap (``pooled``, ``logits``), or a DistillerError naming what is wrong."""
+    if tap not in shapes:
+        raise DistillerError(f"{owner} has no tap {tap!r}; probed taps: {', '.join(sorted(shapes))}")
+    shape = tuple(int(d) for d in shapes[tap])
+    if len(shape) != 1:
+        raise DistillerError(f"{owner} tap {tap!r} has shape {shape}; a 1-D vector is needed")
+    return shape[0]
+
+
+def logit_classes(student_shapes: Mapping[str, Shape], teacher_shapes: Mapping[str, Shape]) -> int:
+    """The number of classes of the student's and the teacher's ``logits`` taps (the teacher's fused
+    head: it has no per-branch classifier), or a DistillerError when they differ."""
+    s = vector_shape(student_shapes, "logits", "student")
+    t = vector_shape(teacher_shapes, "logits", "teacher")
+    if s != t:
+        raise DistillerError(f"student has {s} logits and the teacher {t}: a logit distiller needs the same classes")
+    return s
 
 
 def parse_stages(value: str, allowed: Iterable[str] = STAGES) -> list[str]:

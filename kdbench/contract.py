@@ -52,7 +52,8 @@ class Bench:
 
     def terms(self, d: Distiller) -> tuple[dict[str, Tensor], Tensor]:
         logits, taps = self.student(self.x)
-        terms = d({k: taps[k] for k in d.student_taps()}, self.teacher_taps(d), self.y)
+        extra = {"index": torch.arange(len(self.y))} if d.wants_index else {}
+        terms = d({k: taps[k] for k in d.student_taps()}, self.teacher_taps(d), self.y, **extra)
         return terms, logits
 
 
@@ -68,7 +69,9 @@ def _bench(student: str, seed: int = 0) -> Bench:
 def _build(cls: type[Distiller], mode: str, bench: Bench, seed: int = 0) -> Distiller:
     torch.manual_seed(seed)
     s_shapes, t_shapes = bench.shapes()
-    return cls(mode, s_shapes, t_shapes)
+    d = cls(mode, s_shapes, t_shapes)
+    d.prepare(bench.y)  # as the trainer does: the bench's batch is the whole training split
+    return d
 
 
 def _checks(cls: type[Distiller], mode: str, bench: Bench) -> Iterator[tuple[str, Callable[[], str | None]]]:
@@ -89,7 +92,7 @@ def _checks(cls: type[Distiller], mode: str, bench: Bench) -> Iterator[tuple[str
 
     def gradients() -> str | None:
         terms, logits = bench.terms(d)
-        loss = F.cross_entropy(logits, bench.y) + sum(terms.values(), torch.zeros(()))
+        loss = d.ce_weight * F.cross_entropy(logits, bench.y) + sum(terms.values(), torch.zeros(()))
         bench.student.zero_grad(set_to_none=True)
         d.zero_grad(set_to_none=True)
         loss.backward()

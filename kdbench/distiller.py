@@ -8,6 +8,8 @@ variances, rotations) lives in its own ``state_dict``.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
@@ -18,6 +20,10 @@ Shape = tuple[int, ...]
 Reduction = Callable[[Tensor], Tensor]
 
 BRANCHES = ("rgb", "fre")
+# What a mode distils from: one teacher branch, both branches, or the teacher's fused classifier
+# (its logits, the ``logits`` tap: the teacher has no per-branch classifier, so a logit method has
+# no RGB-only or two-branch variant and offers this mode alone).
+MODES = ("rgb", "both", "fused")
 
 
 class DistillerError(ValueError):
@@ -54,6 +60,9 @@ class Distiller(nn.Module):
     modes: ClassVar[tuple[str, ...]] = ("rgb", "both")
     defaults: ClassVar[dict[str, HParam]] = {}
     description: ClassVar[str] = ""
+    # True: ``forward`` also receives ``index=``, the batch's row numbers in the training split
+    # (int64, on the batch's device), and ``prepare`` sizes per-sample state from the split (CRD).
+    wants_index: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -75,8 +84,22 @@ class Distiller(nn.Module):
     # -- what to tap -----------------------------------------------------
     @property
     def branches(self) -> tuple[str, ...]:
-        """Teacher branches distilled from: ``("rgb",)`` or ``("rgb", "fre")``."""
-        return ("rgb",) if self.mode == "rgb" else BRANCHES
+        """Teacher branches distilled from: ``("rgb",)``, ``("rgb", "fre")``, or none on their own
+        (``()``) in the ``fused`` mode, which reads the teacher's fused ``logits`` tap."""
+        return {"rgb": ("rgb",), "both": BRANCHES}.get(self.mode, ())
+
+    @property
+    def ce_weight(self) -> float:
+        """The weight the trainer gives the cross-entropy: the ``ce_weight`` hyper-parameter where the
+        distiller declares one (a canonical recipe that reweights CE, as KD's 0.1 CE + 0.9 KD does,
+        so the weight is part of the run's configuration and hash), else 1.0 (unweighted: every
+        distiller without one trains exactly as before this existed)."""
+        return float(self.hp.get("ce_weight", 1.0))
+
+    def prepare(self, train_labels: Tensor) -> None:
+        """Called once by the trainer before training (and before a checkpoint is resumed) with
+        the labels of the whole training split in index order. A distiller with per-sample state
+        (CRD's memory bank) sizes it here, as buffers, so checkpoints carry it; others ignore it."""
 
     def student_taps(self) -> list[str]:
         return []
@@ -142,10 +165,13 @@ def coerce(value: Any, default: Any, key: str = "") -> Any:
                 raise ValueError(value)
             return int(as_float)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan or inf: the loss would be nan after the whole set-up
+                raise ValueError(value)
+            return number
         if isinstance(default, str):
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DistillerError(
             f"hyper-parameter {key}={value!r} is not a valid {type(default).__name__}"
         ) from None

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from kdbench.config import ConfigError, RunConfig, load_config_file, resolve
 
-BUILTIN_SPECS = ("table3", "table4", "table5", "table6", "table7", "fig3")
+BUILTIN_SPECS = ("table3", "table3x", "table4", "table5", "table6", "table7", "fig3")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ class RunRecord:
     profile: str
     seed: int
     spec: str
-    status: str  # running | done | failed
+    status: str  # running | done | failed | interrupted
     config: dict[str, Any]
     metrics: dict[str, Any] | None = None
     history: dict[str, Any] | None = None
@@ -63,10 +64,42 @@ class RunRecord:
     updated: float = 0.0
 
 
+def this_process() -> dict[str, Any]:
+    """What a ``running`` record keeps so that a reader can tell whether its process still lives."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def process_gone(proc: dict[str, Any] | None) -> bool:
+    """True when ``proc`` (``this_process()`` of some run) ran on this host and has ended.
+    Another host's process cannot be checked from here: it counts as alive."""
+    if not proc or proc.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(proc["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
 class ResultsStore:
-    def __init__(self, path: str | Path, timeout: float | None = None) -> None:
+    """``readonly``: for commands that only read (``results``, ``table``, ``figure``): the
+    store is opened without writing anything (no directory, schema or WAL switch), and where
+    SQLite cannot even create its shared-memory file (a full disk, a read-only mount) it is
+    read as an immutable file, so the results stay readable when nothing else works."""
+
+    def __init__(self, path: str | Path, timeout: float | None = None, readonly: bool = False) -> None:
         self.path = Path(path)
         self.timeout = float(os.environ.get("KDBENCH_DB_TIMEOUT", 60.0)) if timeout is None else timeout
+        self.readonly = readonly
+        self._immutable = False
+        self.warning: str | None = None
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            self.warning = (f"results store {self.path} is an empty (0-byte) file, not a database with runs: "
+                            "taken as a new, empty store")
+        if readonly:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._init()
@@ -92,7 +125,11 @@ class ResultsStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=self.timeout)
+        if self.readonly:
+            uri = self.path.resolve().as_uri() + ("?immutable=1" if self._immutable else "?mode=ro")
+            db = sqlite3.connect(uri, uri=True, timeout=self.timeout)
+        else:
+            db = sqlite3.connect(self.path, timeout=self.timeout)
         try:
             with db:
                 yield db
@@ -119,9 +156,13 @@ class ResultsStore:
         return rows[0] if rows else None
 
     def query(self, where: str = "1", args: tuple = ()) -> list[RunRecord]:
+        """Records, oldest first; a ``running`` record whose process has ended (killed, the
+        machine rebooted) reads as ``interrupted``: re-running its command resumes it."""
+        if self.readonly and (not self.path.is_file() or self.path.stat().st_size == 0):
+            return []  # nothing stored yet, and a reader creates nothing
+        sql = f"SELECT {','.join(COLUMNS)} FROM runs WHERE {where} ORDER BY created"
         try:
-            with self._connect() as db:
-                rows = db.execute(f"SELECT {','.join(COLUMNS)} FROM runs WHERE {where} ORDER BY created", args).fetchall()
+            rows = self._select(sql, args)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read results store {self.path}: {exc}") from None
         out = []
@@ -129,18 +170,33 @@ class ResultsStore:
             data = dict(zip(COLUMNS, row))
             for c in JSON_COLUMNS:
                 data[c] = json.loads(data[c]) if data[c] else None
-            out.append(RunRecord(**data))
+            rec = RunRecord(**data)
+            if rec.status == "running" and process_gone((rec.history or {}).get("process")):
+                rec.status = "interrupted"
+            out.append(rec)
         return out
+
+    def _select(self, sql: str, args: tuple) -> list[tuple]:
+        try:
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not self.readonly or self._immutable or "no such table" in str(exc):
+                raise
+            self._immutable = True  # cannot create the -shm (full disk, read-only mount): read the file as is
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
 
     def counts(self, column: str, **equal: Any) -> dict[str, int]:
         """Records per value of ``column`` (a fixed name from COLUMNS), where ``equal``'s columns match."""
         if column not in COLUMNS or not set(equal) <= set(COLUMNS):
             raise ValueError(f"unknown column in {column!r}, {sorted(equal)}")
         where = " AND ".join(f"{k} = ?" for k in equal) or "1"
+        if self.readonly and (not self.path.is_file() or self.path.stat().st_size == 0):
+            return {}
         try:
-            with self._connect() as db:
-                rows = db.execute(f"SELECT {column}, COUNT(*) FROM runs WHERE {where} GROUP BY {column}",
-                                  tuple(equal.values())).fetchall()
+            rows = self._select(f"SELECT {column}, COUNT(*) FROM runs WHERE {where} GROUP BY {column}",
+                                tuple(equal.values()))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read results store {self.path}: {exc}") from None
         return {value: n for value, n in rows if value is not None}
@@ -153,5 +209,10 @@ class ResultsStore:
         """Finished runs of one table cell (all seeds)."""
         return self.query("cell = ? AND status = 'done'", (cell,))
 
-    def delete(self, run_hash: str) -> None:
-        self._write("DELETE FROM runs WHERE hash = ?", (run_hash,))
+    def delete(self, run_hash: str) -> bool:
+        """Delete one record; False when there was none with this hash."""
+        try:
+            with self._connect() as db:
+                return db.execute("DELETE FROM runs WHERE hash = ?", (run_hash,)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write results store {self.path}: {exc}") from None

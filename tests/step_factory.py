@@ -16,7 +16,7 @@ from kdbench.distiller import Distiller, reduce_taps
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
-from kdbench.plugins import create_distiller
+from kdbench.plugins import create_distiller, get_distiller_class
 from kdbench.train.runtime import Runtime, prepare_module
 from kdbench.train.trainer import to_input
 
@@ -30,10 +30,13 @@ def step_case(method: str, rt: Runtime, frames: Tensor, rotation_dim: int = 256,
     torch.manual_seed(0)
     t, s = DualBranchTeacher("res10t", size).eval(), build_student("res18t")
     hp = {"rotation_dim": rotation_dim} if method == "tokd" else {}
+    modes = () if method == "vanilla" else get_distiller_class(method).modes
     d = None if method == "vanilla" else create_distiller(
-        method, "both", probe_shapes(s, size), probe_shapes(t, size), **hp)
+        method, "both" if "both" in modes else modes[0], probe_shapes(s, size), probe_shapes(t, size), **hp)
     s, t = prepare_module(s, rt), prepare_module(t, rt)
     d = prepare_module(d, rt) if d is not None else None
+    if d is not None:
+        d.prepare(torch.arange(len(frames)) % 2)  # the batch is the training split (labels as the tests' y)
     params = [*s.parameters(), *(d.student_parameters() if d is not None else [])]
     x = to_input(frames, rt)
     feats: dict[str, Tensor] = {}

@@ -4,9 +4,10 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 from test_plugins import install_fake
 
-from kdbench.store import ResultsStore
+from kdbench.store import ResultsStore, RunRecord
 
 NAN_PLUGIN = '''
 import torch
@@ -85,3 +86,92 @@ def test_locked_results_store(tmp_path):
         holder.rollback()
         holder.close()
     one_line_error(proc, "database is locked", 1)
+
+
+def cli(*args, home):
+    """The command in this process (no torch import per case): stderr and the exit code."""
+    from typer.testing import CliRunner
+
+    from kdbench.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"KDBENCH_HOME": str(home), "COLUMNS": "200"})
+    return result
+
+
+def in_process_error(result, needle, code):
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert lines and needle in lines[-1], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+@pytest.mark.parametrize("toml,needle", [
+    ("[trian]\nepochs = 1\n", "unknown section 'trian' in the config file; valid: description, train, teacher"),
+    ("epochs = 1\n", "unknown section 'epochs' in the config file; valid:"),
+    ("[hp.tokdd]\nalpha = 1\n", "unknown method 'tokdd' in [hp]; choose one of: at, fitnet"),
+    ("[data.synthetc]\nn_train = 9\n", "unknown dataset 'synthetc' in [data]; choose one of:"),
+    ("[hp.fitnet]\nbetta = 1\n", "unknown hyper-parameter betta for 'fitnet'; valid: beta"),
+    ("[train]\nepochs = 0\n", "train.epochs=0 is out of range: it must be >= 1"),
+    ("[train]\nbatch_size = 0\n", "train.batch_size=0 is out of range: it must be >= 2"),
+    ("[train]\nimage_size = 0\n", "train.image_size=0 is out of range: it must be >= 32"),
+    ("[teacher]\nlr = nan\n", "teacher.lr=nan is not a finite number"),
+])
+def test_config_typos_and_ranges_are_refused(tmp_path, toml, needle):
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    in_process_error(cli("run", "--profile", "smoke", "--config", path, home=tmp_path), needle, 2)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--epochs", "0"], "train.epochs=0 is out of range: it must be >= 1"),
+    (["--epochs", "-1"], "train.epochs=-1 is out of range"),
+    (["--seed", "99999999999999999999"], "seed 99999999999999999999 is out of range"),
+    (["--hp", "rotation_dim=inf"], "hyper-parameter rotation_dim='inf' is not a valid int"),
+    (["--method", "fitnet", "--hp", "beta=nan"], "hyper-parameter beta='nan' is not a valid float"),
+    (["--data", "methods=[a"], "--data methods='[a' is not a valid value: while parsing"),
+    (["--data", "x=!!python/object/apply:os.system ['echo pwned']"], "could not determine a constructor"),
+])
+def test_bad_values_are_one_line_where_they_enter(tmp_path, args, needle):
+    in_process_error(cli("run", "--profile", "smoke", *args, home=tmp_path), needle, 2)
+
+
+def test_a_usage_error_stores_no_record(tmp_path):
+    """Found while building the distiller (after the config resolved): still nothing is stored."""
+    result = cli("run", "--method", "tokd", "--profile", "smoke", "--rotation-dim", "999999", home=tmp_path)
+    in_process_error(result, "exceeds the student latent size", 2)
+    assert ResultsStore(tmp_path / "results.sqlite").query() == []
+
+
+def test_results_delete_of_an_unknown_hash(tmp_path):
+    in_process_error(cli("results", "--delete", "0123abcd", home=tmp_path), "no record 0123abcd in", 2)
+
+
+def test_an_empty_store_file_is_warned_about(tmp_path):
+    (tmp_path / "results.sqlite").write_bytes(b"")
+    result = cli("results", "--format", "csv", home=tmp_path)
+    assert result.exit_code == 0 and "is an empty (0-byte) file" in result.output, result.output
+
+
+def test_a_checkpoint_holding_a_list_is_refused(tmp_path):
+    from kdbench.io import atomic_save
+    from kdbench.train.trainer import TrainingError, load_checkpoint
+
+    path = tmp_path / "state.pt"
+    atomic_save([1, 2, 3], path)  # a valid digest: only the content is wrong
+    with pytest.raises(TrainingError, match="is not a kdbench run checkpoint; delete it to start over"):
+        load_checkpoint(path, "abc")
+
+
+def test_brackets_print_as_written(tmp_path, capsys):
+    """Rich markup never eats user text: install hints, stored names, paths."""
+    from kdbench.cli.common import error
+
+    error("reading videos needs PyAV: pip install 'kdbench[video]'")
+    assert "pip install 'kdbench[video]'" in capsys.readouterr().err
+    home = tmp_path / "[bold]home"
+    ResultsStore(home / "results.sqlite").put(RunRecord(
+        hash="h1", cell="c1", method="kd[v2]", mode="rgb", student="res18t", dataset="ffpp[c40]",
+        test_dataset="ffpp[c40]", profile="smoke", seed=0, spec="", status="done", config={}))
+    result = cli("results", home=home)
+    assert result.exit_code == 0, result.output
+    assert "kd[v2]" in result.output and "ffpp[c40]" in result.output and "[bold]home" in result.output

@@ -15,7 +15,7 @@ def test_student_parameter_counts(name, params):
 def test_student_taps_at_299():
     shapes = probe_shapes(build_student("res18t"), 299)
     assert shapes == {"stage1": (32, 75, 75), "stage2": (64, 38, 38), "stage3": (128, 19, 19),
-                      "stage4": (256, 10, 10), "pooled": (256,)}
+                      "stage4": (256, 10, 10), "pooled": (256,), "logits": (2,)}
 
 
 def test_unknown_student():
@@ -27,7 +27,8 @@ def test_teacher_taps_and_probe_keeps_bn_statistics():
     teacher = DualBranchTeacher("res10t", image_size=48, proj_channels=32)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     shapes = probe_shapes(teacher, 48)
-    assert {f"{b}.{t}" for b in ("rgb", "fre") for t in ("stage1", "stage2", "stage3", "stage4", "pooled", "proj")} == set(shapes)
+    branch_taps = {f"{b}.{t}" for b in ("rgb", "fre") for t in ("stage1", "stage2", "stage3", "stage4", "pooled", "proj")}
+    assert branch_taps | {"logits"} == set(shapes)  # one logits tap: the fused head's
     assert shapes["rgb.proj"] == (32, 2, 2)
     assert teacher.training  # probing restores the mode
     for k, v in teacher.state_dict().items():

@@ -55,6 +55,18 @@ def test_teacher_cache_reuse_and_invalidation(tmp_path, splits):
     rebuilt = fresh.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)
     assert any("corrupt feature file" in m for m in logs)
     assert torch.equal(rebuilt["rgb.pooled"], feats["rgb.pooled"])
+    # flipped bits inside the values (a file that still loads, with finite numbers): caught by its digest
+    data = bytearray(path.read_bytes())
+    start = data.find(feats["rgb.pooled"].numpy().tobytes())
+    assert start > 0
+    for i in range(100):
+        data[start + 4 * i + 1] ^= 0x04  # a low mantissa bit of 100 values
+    path.write_bytes(bytes(data))
+    logs.clear()
+    fresh = ensure_teacher(cfg, splits, tmp_path, RT, log=lambda m: None, progress=False)
+    assert torch.equal(fresh.features("val", splits["val"], ["rgb.pooled"], {}, CPU, log=logs.append)["rgb.pooled"],
+                       feats["rgb.pooled"])
+    assert any("does not match its digest" in m for m in logs)
 
     # a corrupt teacher checkpoint is detected and the teacher is retrained
     (first.root / "teacher.pt").write_bytes(b"\0" * 100)
@@ -220,7 +232,7 @@ def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, s
     quiet = dict(log=lambda m: None, progress=False)
     mine = ensure_teacher(cfg, splits, tmp_path, RT, **quiet)
     other = ensure_teacher(cfg, splits, tmp_path, RT, **quiet)  # the other shard's view of the same teacher
-    real_lock, real_compute = teacher_cache._locked, teacher_cache.Teacher._compute
+    real_lock, real_compute = teacher_cache.locked, teacher_cache.Teacher._compute
     computed_by, waited = [], []
 
     @contextmanager
@@ -231,7 +243,7 @@ def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, s
         with real_lock(root):
             yield
 
-    monkeypatch.setattr(teacher_cache, "_locked", lock_taken_by_the_other_shard)
+    monkeypatch.setattr(teacher_cache, "locked", lock_taken_by_the_other_shard)
     monkeypatch.setattr(teacher_cache.Teacher, "_compute",
                         lambda self, *a, **k: computed_by.append(self) or real_compute(self, *a, **k))
     feats = mine.features("val", splits["val"], ["rgb.stage4"], {}, CPU)

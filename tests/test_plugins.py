@@ -67,3 +67,54 @@ def test_cli_lists_plugins_and_broken_ones(fake_site):
     assert "echo" in proc.stdout and "kdb-echo" in proc.stdout
     assert "vanilla" in proc.stdout
     assert "broken plugin" in proc.stdout and "no such dependency: foo" in proc.stdout
+
+
+BAD_HOOKS = '''
+from kdbench import hookimpl
+
+@hookimpl
+def kdbench_students():
+    raise RuntimeError("students boom")
+'''
+BAD_DATASETS = "from kdbench import hookimpl\n@hookimpl\ndef kdbench_datasets():\n    return ['not', 'a', 'dict']\n"
+BAD_LOGGER = "from kdbench import hookimpl\n@hookimpl\ndef kdbench_on_event(event, run, payload):\n    raise KeyError(event)\n"
+
+
+def test_every_hook_is_isolated_and_named(fake_site):
+    """students/datasets/events hooks that fail, and a plugin exiting on import, are each named
+    once (a warning and ``errors``); everything else keeps working."""
+    from kdbench.plugins import PluginWarning, _call
+
+    install_fake(fake_site, "kdb-students", "kdbtest_students", BAD_HOOKS)
+    install_fake(fake_site, "kdb-datasets", "kdbtest_datasets", BAD_DATASETS)
+    install_fake(fake_site, "kdb-logger", "kdbtest_logger", BAD_LOGGER)
+    install_fake(fake_site, "kdb-exits", "kdbtest_exits", "import sys\nsys.exit(3)\n")
+    install_fake(fake_site, "kdb-echo", "kdbtest_echo", GOOD)
+    with pytest.warns(PluginWarning) as caught:
+        reg = build_registry()
+        _call(reg, "kdbench_on_event", {"event": "run_start", "run": {}, "payload": {}})
+        _call(reg, "kdbench_on_event", {"event": "run_end", "run": {}, "payload": {}})
+    assert reg.errors["students"] == "kdbench_students: RuntimeError: students boom"
+    assert reg.errors["datasets"] == "kdbench_datasets returned list, not Mapping"
+    assert reg.errors["logger"] == "kdbench_on_event: KeyError: 'run_start'"
+    assert reg.errors["exits"] == "called sys.exit(3)"
+    assert sorted(str(w.message).split()[1] for w in caught) == ["datasets", "exits", "logger", "students"]
+    assert "echo" in reg.distillers and "vanilla" in reg.distillers
+
+
+def test_cli_survives_plugins_that_exit_or_raise(fake_site):
+    """`kdbench plugins` names them, and a command that builds students still runs (one line each)."""
+    install_fake(fake_site, "kdb-students", "kdbtest_students", BAD_HOOKS)
+    install_fake(fake_site, "kdb-exits", "kdbtest_exits", "import sys\nsys.exit(3)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(fake_site), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "plugins"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "broken plugin exits: called sys.exit(3)" in proc.stdout
+    assert "broken plugin students: kdbench_students: RuntimeError: students boom" in proc.stdout
+    assert "warning: plugin exits is broken and skipped: called sys.exit(3)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    run = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--student", "nosuch"],
+                         capture_output=True, text=True, env=env)  # asks every plugin for its students
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert "warning: plugin students is broken" in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: unknown student 'nosuch'; choose one of: res18t")

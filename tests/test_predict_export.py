@@ -1,5 +1,6 @@
 """``kdbench predict`` and ``kdbench export`` on a student checkpoint in the runner's format."""
 import json
+from pathlib import Path
 
 import data_factory as factory
 import numpy as np
@@ -12,9 +13,9 @@ from typer.testing import CliRunner
 from kdbench.cli import app
 from kdbench.data.frames import normalize
 from kdbench.deploy.export import run_exported
-from kdbench.io import atomic_save
+from kdbench.io import atomic_save, digest_path
 from kdbench.models.students import build_student
-from kdbench.deploy.predict import load_student, predict
+from kdbench.deploy.predict import CheckpointError, load_student, predict
 
 SIZE = 48
 DISTILLER_MARKERS = ("distiller", "proj", "rotation", "leader", "connector", "regressor")
@@ -150,3 +151,36 @@ def test_export_errors_are_one_line(checkpoint, tmp_path):
     result = cli("export", "--checkpoint", tmp_path / "nosuch.pt", "--format", "onnx", "--out", tmp_path / "x")
     assert result.exit_code == 1 and "checkpoint not found" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_predict_fails_when_some_inputs_fail_and_warns_on_tiny_images(checkpoint, inputs, tmp_path):
+    root, _ = inputs
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    result = cli("predict", root / "face.png", tmp_path / "dot.png", tmp_path / "broken.png", "--checkpoint",
+                 checkpoint, "--format", "json", "--detector", "none")
+    assert result.exit_code == 1, result.output  # a script must see that one input has no verdict
+    assert "predict: 1 of 3 inputs failed" in result.output
+    rows = {Path(r["path"]).name: r for r in json.loads(result.stdout)}
+    assert rows["face.png"]["warning"] is None and rows["broken.png"]["error"]
+    assert "only 1 px on its shorter side" in rows["dot.png"]["warning"]
+
+
+def test_unreadable_or_modified_checkpoints_are_refused_safely(checkpoint, tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, evil)  # a pickle that would run code if loaded without weights_only
+    with pytest.raises(CheckpointError) as info:
+        load_student(evil)
+    assert "weights_only" not in str(info.value) and "unreadable checkpoint" in str(info.value)
+    copy = tmp_path / "student.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    digest_path(copy).write_bytes(digest_path(checkpoint).read_bytes())
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the weights
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the digest written with it"):
+        load_student(copy)

@@ -36,7 +36,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert only_record(killed_home).status == "running"  # killed: no clean exit was possible
+    assert only_record(killed_home).status == "interrupted"  # killed: its process is gone (stored "running")
     resumed = start(killed_home)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     a, b = only_record(tmp_path / "straight"), only_record(killed_home)

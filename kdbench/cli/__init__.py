@@ -10,6 +10,7 @@ One module per group of commands (``train``, ``plugins``, ``results``, ``report`
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import typer
@@ -60,9 +61,24 @@ def command() -> Any:
     return cmd
 
 
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: Any = None) -> None:
+    """kdbench's own warnings (a broken plugin) as one line; others as Python prints them."""
+    if category.__module__.startswith("kdbench"):
+        from kdbench.cli.common import log
+
+        log(f"warning: {message}")
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main() -> None:
     import signal
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.showwarning = _show_warning
     command()()

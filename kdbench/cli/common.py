@@ -18,6 +18,7 @@ from kdbench.config import ConfigError, load_config_file, parse_hp, resolve
 
 if TYPE_CHECKING:
     from kdbench.config import RunConfig
+    from kdbench.store import ResultsStore
     from kdbench.workspace import Workspace
 
 console = Console(stderr=True)  # messages, progress, errors
@@ -102,6 +103,17 @@ def find_run(store: Any, prefix: str) -> Any:
     return found[0]
 
 
+def results_store(path: Path, readonly: bool = False) -> ResultsStore:
+    """The results store at ``path`` (``readonly`` for commands that only read it: they work
+    on a full disk or a read-only mount), its warning (a 0-byte file) printed."""
+    from kdbench.store import ResultsStore
+
+    store = ResultsStore(path, readonly=readonly)
+    if store.warning:
+        log(f"warning: {store.warning}")
+    return store
+
+
 def split_list(text: Optional[str]) -> Optional[list[str]]:
     """``"a, b,c"`` -> ``["a", "b", "c"]``; None or empty -> None (the default)."""
     return [x.strip() for x in text.split(",") if x.strip()] if text else None
@@ -130,7 +142,7 @@ def build_config(method: str, mode: Optional[str], student: str, dataset: str, p
     check_names([student], [d for d in (dataset, test_dataset) if d])
     file_cfg = load_config_file(config) if config else None
     teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
-    train = {"epochs": epochs} if epochs else {}
+    train = {"epochs": epochs} if epochs is not None else {}  # 0 is a value (refused), not "unset"
     return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
                    hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset,
                    data=data, test_data=test_data)
@@ -165,7 +177,12 @@ def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
     """``--data key=value`` (values parsed as YAML scalars/lists) plus ``--data-root DIR``."""
     import yaml
 
-    opts = {k: yaml.safe_load(v) if v else v for k, v in parse_hp(items).items()}
+    opts: dict[str, Any] = {}
+    for key, value in parse_hp(items).items():
+        try:
+            opts[key] = yaml.safe_load(value) if value else value
+        except yaml.YAMLError as exc:  # also a tag such as !!python/object, which safe_load refuses
+            raise ConfigError(f"--data {key}={value!r} is not a valid value: {str(exc).splitlines()[0]}") from None
     if root is not None:
         if not root.is_dir():
             raise ConfigError(f"dataset root not found: {root}")

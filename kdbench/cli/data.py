@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kdbench.cli.common import check_choice, cli_errors, console, log
 from kdbench.cli.common import out as stdout
@@ -68,9 +69,11 @@ def predict(
     else:
         _table(preds)
     for p in preds:
-        if p.error:
-            log(f"predict: {p.path}: {p.error}")
-    if all(p.error for p in preds):
+        if p.error or p.warning:
+            log(f"predict: {p.path}: {p.error or 'warning: ' + str(p.warning)}")
+    failed = sum(bool(p.error) for p in preds)
+    if failed:  # a script must see that some inputs have no verdict
+        log(f"predict: {failed} of {len(preds)} inputs failed")
         raise typer.Exit(1)
 
 
@@ -80,10 +83,10 @@ def _table(preds: list[Any]) -> None:
         table.add_column(col, justify="right" if col in ("frames", "P(fake)") else "left")
     for p in preds:
         if p.error:
-            table.add_row(p.path, p.kind, "0", "-", "error", p.error)
+            table.add_row(Text(p.path), p.kind, "0", "-", "error", Text(p.error))
             continue
         per_frame = " ".join(f"{v:.2f}" for v in p.probs[:8]) + (" ..." if len(p.probs) > 8 else "")
-        table.add_row(p.path, p.kind, str(len(p.probs)), f"{p.prob:.3f}", "fake" if p.prob > 0.5 else "real", per_frame)
+        table.add_row(Text(p.path), p.kind, str(len(p.probs)), f"{p.prob:.3f}", "fake" if p.prob > 0.5 else "real", per_frame)
     stdout.print(table)
 
 

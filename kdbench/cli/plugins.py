@@ -5,7 +5,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from kdbench.cli.common import check_names, cli_errors, log, out
+from kdbench.cli.common import check_names, cli_errors, escape, log, out
 
 plugins_app = typer.Typer(help="List installed distillers, or check one against the contract.")
 
@@ -45,14 +45,14 @@ def plugins_check(
     chosen = [s.strip() for s in students.split(",") if s.strip()]
     check_names(chosen)
     results = check_distiller(name, chosen, progress=log)
-    table = Table(title=f"contract checks: {name}")
+    table = Table(title=f"contract checks: {escape(name)}")
     for col in ("student", "mode", "check", "result", "detail"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.student, r.mode, r.check, Text("pass", "green") if r.ok else Text("FAIL", "red"),
+        table.add_row(Text(r.student), Text(r.mode), Text(r.check), Text("pass", "green") if r.ok else Text("FAIL", "red"),
                       Text(r.detail))
     out.print(table)
     failed = sum(not r.ok for r in results)
-    out.print(f"{name}: {len(results) - failed} passed, {failed} failed", highlight=False)
+    out.print(f"{name}: {len(results) - failed} passed, {failed} failed", highlight=False, markup=False)
     if failed:
         raise typer.Exit(1)

@@ -7,9 +7,10 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigError, ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
+from kdbench.config import ConfigError
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
                                 cell_options, check_choice, check_names, cli_errors, find_run, log, out,
-                                split_list, workspace)
+                                results_store, split_list, workspace)
 
 TABLES = (1, 3, 4, 5, 6, 7)
 FORMATS = ("rich", "markdown", "latex", "csv")
@@ -28,6 +29,8 @@ def table(
     seeds: Optional[str] = SeedsOpt,
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
+                                                            "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     data: list[str] = DataOpt,
@@ -42,6 +45,8 @@ def table(
     check_choice("table", number, TABLES)
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc"))
+    if spec is not None and number != 3:
+        raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
     if number == 1:
         from kdbench.report.complexity import table1_grid
 
@@ -53,7 +58,7 @@ def table(
     store = open_store(workspace(workdir))
     grids = build_tables(number, store, profile, students=split_list(students), datasets=split_list(datasets),
                          seeds=parse_seeds(seeds) if seeds else None, metric=metric, paper=paper,
-                         options=cell_options(config, teacher_weights, data))
+                         options=cell_options(config, teacher_weights, data), spec=spec)
     if fmt == "csv" and len(grids) > 1:
         others = ", ".join(g.profile for g in grids[1:])
         log(f"csv shows profile {grids[0].profile}; runs of {others} hold this table too: pass --profile NAME")
@@ -121,11 +126,10 @@ def figure(
 def open_store(ws: Any) -> Any:
     """The workspace's results store; a missing one is an error (reading never creates it)."""
     from kdbench.report.tables import NoDataError
-    from kdbench.store import ResultsStore
 
     if not ws.store_path.is_file():
         raise NoDataError(f"no results store at {ws.store_path}; run `kdbench grid ...` first or pass --workdir")
-    return ResultsStore(ws.store_path)
+    return results_store(ws.store_path, readonly=True)
 
 
 def emit(grid: Any, fmt: str) -> None:

@@ -11,10 +11,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from kdbench.cli.common import WorkdirOpt, check_choice, cli_errors, find_run, log, out, workspace
+from kdbench.cli.common import (WorkdirOpt, check_choice, cli_errors, error, escape, find_run, log, out,
+                                results_store, workspace)
 from kdbench.config import PIPELINE_CHECK, is_pipeline_check
 from kdbench.report.render import print_wide
-from kdbench.store import ResultsStore, RunRecord
+from kdbench.store import RunRecord
 
 results_app = typer.Typer(help="List stored runs (filtered, as a table, JSON or CSV), or show one.")
 STATUSES = ("done", "running", "failed", "interrupted")
@@ -39,14 +40,19 @@ def results(
     check_choice("format", fmt, ("table", "json", "csv"))
     if status is not None:
         check_choice("status", status, STATUSES)
-    store = ResultsStore(workspace(workdir).store_path)
+    path = workspace(workdir).store_path
     if delete:
-        store.delete(delete)
+        if not results_store(path).delete(delete):
+            error(f"no record {delete} in {path} (see `kdbench results` for the stored hashes)")
+            raise typer.Exit(2)
         log(f"deleted {delete}")
         return
-    equal = {k: v for k, v in (("method", method), ("student", student), ("profile", profile),
-                               ("status", status)) if v is not None}
+    store = results_store(path, readonly=True)
+    equal = {k: v for k, v in (("method", method), ("student", student), ("profile", profile)) if v is not None}
     recs = store.query(" AND ".join(f"{k} = ?" for k in equal) or "1", tuple(equal.values()))
+    if status is not None:  # after reading: a running record whose process is gone reads as interrupted
+        recs = [r for r in recs if r.status == status]
+        equal["status"] = status
     if fmt == "json":
         out.print_json(json.dumps([r.__dict__ for r in recs], default=str))
         return
@@ -64,7 +70,7 @@ def results(
         writer.writerows(rows)
         return
     shown = f" ({', '.join(f'{k} {v}' for k, v in equal.items())})" if equal else ""
-    table = Table(title=f"{len(recs)} runs{shown} in {store.path}")
+    table = Table(title=escape(f"{len(recs)} runs{shown} in {store.path}"))
     for col in ("hash", "method", "mode", "student", "dataset", "profile", "seed", "changed", "status",
                 "test acc", "test auc", "wall s"):
         table.add_column(col, justify="right" if col in ("test acc", "test auc", "wall s") else "left")
@@ -101,7 +107,7 @@ def show(
 ) -> None:
     """One run in full: configuration, environment, metrics, per-epoch history and diagnostics."""
     check_choice("format", fmt, ("text", "json"))
-    store = ResultsStore(workspace(workdir).store_path)
+    store = results_store(workspace(workdir).store_path, readonly=True)
     rec = find_run(store, run_hash)
     if fmt == "json":
         out.print_json(json.dumps(rec.__dict__, default=str))

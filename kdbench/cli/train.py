@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, LogOpt,
                                 PrecisionOpt, ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
                                 build_config, cell_options, check_names, cli_errors, console, data_options, escape,
-                                log, loggers, out, split_list, workspace)
-from kdbench.store import ResultsStore
+                                log, loggers, out, results_store, split_list, workspace)
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
 
@@ -20,7 +21,7 @@ teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.
 @cli_errors
 def run(
     method: str = typer.Option("tokd", "--method", "-m", help="Distiller (see `kdbench plugins`)."),
-    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both (default: both where supported)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="rgb | both | fused (logit methods: the teacher's fused logits); default: both where supported, else the only mode."),
     student: str = typer.Option("res18t", "--student", "-s", help="res18t | res34t | xception."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     test_dataset: Optional[str] = typer.Option(None, "--test-dataset", help="Test on another dataset (Table 7)."),
@@ -60,18 +61,26 @@ def run(
     if print_config:
         print_resolved(cfg)
         return
+    from kdbench.io import locked
+
     ws = workspace(workdir)
-    store = ResultsStore(ws.store_path)
-    done = store.get(cfg.hash)
-    if done is not None and done.status == "done":
-        log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-        rec = done
-    else:
+    store = results_store(ws.store_path)
+    rec = store.get(cfg.hash)
+    if rec is None or rec.status != "done":
         rt = make_runtime(device, precision, compile_model)
-        rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
-                      progress=progress and console.is_terminal, loggers=chosen_loggers)
-        if not rt.is_main:
-            return
+        # the same run started twice: the second waits for the first, then takes its record
+        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
+            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
+        with one_process:
+            rec = store.get(cfg.hash)
+            if rec is None or rec.status != "done":
+                rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
+                              progress=progress and console.is_terminal, loggers=chosen_loggers)
+                if not rt.is_main:
+                    return
+                print_metrics(rec)
+                return
+    log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
     print_metrics(rec)
 
 
@@ -93,14 +102,14 @@ def print_metrics(rec: Any) -> None:
 
     test = rec.metrics["test"]
     check = f"; {rec.profile} profile: {PIPELINE_CHECK}" if is_pipeline_check(rec.profile) else ""
-    table = Table(title=f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
-                        f"best val epoch {rec.metrics['best_epoch'] + 1}{check})")
+    table = Table(title=escape(f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
+                               f"best val epoch {rec.metrics['best_epoch'] + 1}{check})"))
     for key in ("acc", "auc", "eer", "ap", "video_auc"):
         if key in test:
             table.add_column(f"test {key.upper()} %", justify="right")
     table.add_row(*(f"{test[k]:.2f}" for k in ("acc", "auc", "eer", "ap", "video_auc") if k in test))
     out.print(table)
-    out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False)
+    out.print(f"record {rec.hash} stored; wall time {rec.wall_time:.1f} s", highlight=False, markup=False)
 
 
 @cli_errors
@@ -140,7 +149,7 @@ def grid(
     cells = shard(cells, *parse_shard(shard_opt))
     chosen_loggers = loggers(log_to, config)
     ws = workspace(workdir)
-    store = ResultsStore(ws.store_path)
+    store = results_store(ws.store_path)
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
         bare = None
@@ -164,7 +173,7 @@ def grid(
                       lambda cell: status.get(cell.cfg.hash) == "done", log=log)
     summary_table(spec, profile, report)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
-              f"{len(report.failed)} failed", highlight=False)
+              f"{len(report.failed)} failed", highlight=False, markup=False)
     if report.failed:
         raise typer.Exit(1)
 
@@ -184,7 +193,7 @@ def dry_run_table(spec: str, profile: str, cells: list[Any], status: dict[str, s
     from kdbench.report.render import print_wide
 
     check = f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else ""
-    table = Table(title=f"grid {spec}: {len(cells)} cells ({profile} profile{check})")
+    table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile{check})"))
     for col in ("#", "hash", "method", "mode", "student", "dataset", "seed", "variant", "status"):
         table.add_column(col)
     for i, cell in enumerate(cells, 1):
@@ -213,7 +222,7 @@ def summary_table(spec: str, profile: str, report: Any) -> None:
     if not cells:
         return
     check = f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else ""
-    table = Table(title=f"grid {spec}: cells run now ({profile} profile{check})")
+    table = Table(title=escape(f"grid {spec}: cells run now ({profile} profile{check})"))
     for col in ("hash", "method", "mode", "student", "seed", "variant", "test acc", "test auc", "wall s"):
         table.add_column(col, justify="right" if col in ("test acc", "test auc", "wall s") else "left")
     for cell, rec, why in cells:
@@ -248,4 +257,5 @@ def teacher_train(
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=log,
                        progress=console.is_terminal)
-    out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str))
+    out.print(json.dumps({"teacher": t.hash, "cached": t.cached, **t.metrics}, indent=2, default=str), markup=False,
+              highlight=False)

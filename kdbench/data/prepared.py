@@ -25,6 +25,8 @@ from PIL import Image
 
 from kdbench.data.frames import SPLITS, FrameSet, FrameSplits
 from kdbench.data.registry import DatasetError
+from kdbench.config import file_sha256
+from kdbench.io import CorruptFileError, atomic_write, check_digest, remove, write_digest
 
 INDEX = "index.json"
 FORMAT = "kdbench-prepared/1"
@@ -96,10 +98,8 @@ def carve_splits(videos: Mapping[str, tuple[int, str]], val_fraction: float = 0.
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write: an interrupted prepare never leaves half an index or marker."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=1).encode()
+    atomic_write(path, lambda fh: fh.write(text))
 
 
 def find_index(root: Path, name: str) -> Path:
@@ -203,13 +203,14 @@ def cached_images(root: Path, paths: Sequence[str], size: int, key: str,
     shape = (len(paths), 3, size, size)
     if cache.is_file():
         try:
+            check_digest(cache)  # read once more from the page cache: seconds, against a full decode
             arr = np.load(cache, mmap_mode="r")
             if arr.shape == shape and arr.dtype == np.uint8:
                 return arr
-        except (OSError, ValueError):
+        except (OSError, ValueError, CorruptFileError):
             pass
         if log:
-            log(f"data: cache {cache} unreadable; decoding again")
+            log(f"data: cache {cache} unreadable or not matching its digest; decoding again")
     files = [root / p for p in paths]
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}.npy")
     try:
@@ -224,7 +225,8 @@ def cached_images(root: Path, paths: Sequence[str], size: int, key: str,
         arr.flush()
         del arr
         for old in cache.parent.glob(f"frames-{size}-*.npy"):
-            old.unlink()
+            remove(old)
+        write_digest(cache, file_sha256(tmp))
         os.replace(tmp, cache)
     finally:
         tmp.unlink(missing_ok=True)

@@ -48,17 +48,21 @@ BUILTIN: dict[str, DatasetBuilder] = {
 def dataset_builders() -> dict[str, DatasetBuilder]:
     from kdbench.plugins import registry
 
-    builders = dict(BUILTIN)
-    for extra in registry().manager.hook.kdbench_datasets():
-        builders.update({k: v for k, v in (extra or {}).items() if k not in builders})
-    return builders
+    return {**registry().datasets, **BUILTIN}  # a plugin cannot shadow a built-in
 
 
 def load_dataset(name: str, image_size: int, options: Mapping[str, Any]) -> FrameSplits:
     builders = dataset_builders()
     if name not in builders:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(builders))}")
-    splits = builders[name](image_size, options)
+    try:
+        splits = builders[name](image_size, options)
+    except DatasetError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's dataset failing is one line, not a traceback
+        if name in BUILTIN:
+            raise
+        raise DatasetError(f"dataset plugin {name!r} failed: {type(exc).__name__}: {exc}") from None
     for split, frames in splits.items():
         if len(frames) == 0:
             raise DatasetError(f"dataset {name!r}: split {split!r} is empty")

@@ -18,7 +18,7 @@ from torch import nn
 from kdbench.data.frames import normalize
 from kdbench.data.prepared import RESAMPLE, SourceVideo, one_line
 from kdbench.data.registry import DatasetError
-from kdbench.io import safe_load
+from kdbench.io import CorruptFileError, load_verified
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
@@ -41,9 +41,13 @@ def load_student(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = safe_load(path)
+        ckpt = load_verified(path, required=False)  # verified where its digest file came along
+    except CorruptFileError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - unpickling raises many types
-        raise CheckpointError(f"unreadable checkpoint {path}: {one_line(exc)}") from None
+        # not torch's message: it suggests weights_only=False, which runs whatever a malicious file holds
+        raise CheckpointError(f"unreadable checkpoint {path} ({type(exc).__name__}): not a kdbench student "
+                              "checkpoint, or damaged (kdbench loads weights only, never code)") from None
     if not isinstance(ckpt, dict) or not {"student", "state_dict", "image_size"} <= set(ckpt):
         raise CheckpointError(f"{path} is not a kdbench student checkpoint (<workdir>/runs/<hash>/student.pt)")
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -68,6 +72,7 @@ class Prediction:
     probs: list[float] = field(default_factory=list)
     detected: list[bool] = field(default_factory=list)
     error: str | None = None
+    warning: str | None = None  # a verdict given, but on too little to go on (a tiny image)
 
     @property
     def prob(self) -> float | None:
@@ -79,7 +84,7 @@ class Prediction:
                 "label": None if self.prob is None else ("fake" if self.prob > 0.5 else "real"),
                 "frames": [{"frame": f, "prob_fake": p, "face_detected": d}
                            for f, p, d in zip(self.frames, self.probs, self.detected)],
-                "error": self.error}
+                "error": self.error, "warning": self.warning}
 
 
 def collect(paths: Sequence[Path]) -> list[SourceVideo]:
@@ -138,6 +143,10 @@ def predict(checkpoint: Path, paths: Sequence[Path], *, frames: int = 32, size: 
             out.append(pred)
             continue
         s = meta["image_size"]
+        side = min(min(img.shape[:2]) for img in imgs)
+        if side < s // 4:
+            pred.warning = (f"input is only {side} px on its shorter side (the student sees {s} px): "
+                            "the verdict is unreliable")
         arr = np.stack([np.asarray(Image.fromarray(c).resize((s, s), RESAMPLE)) if c.shape[0] != s else c
                         for c, _, _ in crops]).transpose(0, 3, 1, 2)
         pred.frames, pred.detected = indices, [d for _, _, d in crops]

@@ -71,19 +71,19 @@ def build_student(name: str, num_classes: int = 2) -> TappedModel:
     if name in NETWORKS:
         builder, taps = NETWORKS[name]
         return TappedModel(builder(num_classes), taps)
-    for extra in registry().manager.hook.kdbench_students():
-        if extra and name in extra:
-            model = extra[name](num_classes)
-            if not isinstance(model, TappedModel):
-                raise TypeError(f"student plugin {name!r} must return a kdbench TappedModel")
-            return model
+    plugin_builder = registry().students.get(name)
+    if plugin_builder is not None:
+        try:
+            model = plugin_builder(num_classes)
+        except Exception as exc:  # noqa: BLE001 - the plugin's failure, in one line
+            raise ValueError(f"student plugin {name!r} failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(model, TappedModel):
+            raise ValueError(f"student plugin {name!r} must return a kdbench TappedModel")
+        return model
     raise ValueError(f"unknown student {name!r}; choose one of: {', '.join(available_students())}")
 
 
 def available_students() -> list[str]:
     from kdbench.plugins import registry
 
-    names = list(STUDENTS)
-    for extra in registry().manager.hook.kdbench_students():
-        names += [n for n in (extra or {}) if n not in names]
-    return names
+    return [*STUDENTS, *(n for n in registry().students if n not in STUDENTS)]

@@ -1,7 +1,8 @@
 """Forward-hook feature taps (torchdistill-style): no model code is forked.
 
 ``TappedModel(net, {"stage1": "layer1", ...})`` runs ``net`` and returns its
-logits together with the outputs of the named sub-modules.
+logits together with the outputs of the named sub-modules, and the logits
+themselves as the ``logits`` tap (what logit distillers such as KD read).
 """
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ class TappedModel(nn.Module):
         self._store = {}
         logits = self.net(x)
         taps, self._store = self._store, {}
+        taps["logits"] = logits
         return logits, taps
 
     @property
     def tap_names(self) -> list[str]:
-        return list(self.tap_paths)
+        return [*self.tap_paths, "logits"]
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ Three RFAMs fuse the branches at configurable depths; projectors G_Tr (3 conv)
 and G_Tf (5 conv) condense each branch's last map and feed the fusion head
 (concat -> ReLU -> pool -> FC), so they are trained by the teacher's own
 classification loss. Taps: ``rgb.stage1..4``, ``rgb.pooled``, ``rgb.proj`` and
-the same for ``fre``.
+the same for ``fre``, and ``logits``: the fused head's output, the teacher's only
+classifier (there is no per-branch logit to tap).
 """
 from __future__ import annotations
 
@@ -151,7 +152,8 @@ class DualBranchTeacher(nn.Module):
         pr, pf = self.rgb_proj(r), self.fre_proj(f)
         taps["rgb.proj"], taps["fre.proj"] = pr, pf
         fused = torch.relu(torch.cat([pr, pf], dim=1)).mean((2, 3))
-        return self.fc(fused), taps
+        taps["logits"] = logits = self.fc(fused)
+        return logits, taps
 
     def load_branch_weights(self, path: str | Path) -> None:
         """Initialise both branches from a local backbone ``state_dict`` (e.g. ImageNet Xception).

@@ -81,10 +81,10 @@ def print_rich(grid: Grid, out: Any) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=grid.title)
+    table = Table(title=Text(grid.title))  # Text: names in brackets print as written, not as markup
     for j, h in enumerate(grid.header):
         numeric = any(isinstance(r[j], (Stat, Marked, Paper)) for r in grid.rows)
-        table.add_column(h, justify="right" if numeric else "left")
+        table.add_column(Text(h), justify="right" if numeric else "left")
     for row in grid.rows:
         table.add_row(*(Text(entry_text(e)) for e in row))
     print_wide(table, out)

@@ -21,12 +21,15 @@ from kdbench.grid import Cell, expand
 from kdbench.store import ResultsStore, RunRecord
 
 MISSING = "–"
-METHOD_ORDER = ("tokd", "at", "pkt", "vid", "sp", "fitnet")
+METHOD_ORDER = ("tokd", "at", "pkt", "vid", "sp", "fitnet", "rkd", "cc", "crd", "reviewkd", "kd", "dkd", "dist")
 METHOD_NAMES = {"vanilla": "Vanilla", "tokd": "TOKD", "at": "AT", "pkt": "PKT", "vid": "VID", "sp": "SP",
-                "fitnet": "FitNet"}
+                "fitnet": "FitNet", "rkd": "RKD", "cc": "CC", "crd": "CRD", "reviewkd": "ReviewKD", "kd": "KD",
+                "dkd": "DKD", "dist": "DIST"}
 STUDENT_NAMES = {"res18t": "Res18-T", "res34t": "Res34-T", "xception": "Xception"}
 BOTH_NOTE = ("Both = the RGB term plus the same loss on the teacher's frequency branch (its own connector), "
              "with the same weight.")
+FUSED_NOTE = ("Fused = a logit distiller (KD, DKD, DIST) on the teacher's fused-head logits: the teacher has "
+              "no per-branch classifier, so these methods have neither an RGB nor a Both variant.")
 MARK_NOTE = ("Mark on Both vs RGB: ↑/↓ when |mean_Both − mean_RGB| > SE = sqrt(s_RGB²/n_RGB + s_Both²/n_Both); "
              "≈ when within one SE (noise); ? when a cell has a single seed (no error estimate).")
 
@@ -193,21 +196,26 @@ def ordered(values: Iterable[str]) -> list[str]:
 
 
 def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
-           metric: str = "acc", paper: bool = False) -> Grid:
-    """Rows student x dataset; Vanilla, then RGB and Both for each method, Both marked against RGB."""
-    cells = look.cells("table3", profile=profile, students=students, datasets=datasets)
+           metric: str = "acc", paper: bool = False, spec: str = "table3") -> Grid:
+    """Rows student x dataset; Vanilla, then RGB and Both for each method, Both marked against RGB;
+    one Fused column for a logit method (``spec``: e.g. ``table3x``, the extended Table 3)."""
+    cells = look.cells(spec, profile=profile, students=students, datasets=datasets)
     get = test_metric(metric)
     stats = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): look.stat(c, get) for c in cells}
     methods = [m for m in METHOD_ORDER if any(k[2] == m for k in stats)]
     methods += ordered(k[2] for k in stats if k[2] not in methods and k[2] != "vanilla")
+    fused = {k[2] for k in stats if k[3] == "fused"}
     header = ["Dataset", "Student", "Vanilla"] + [f"{METHOD_NAMES.get(m, m)} {mode}" for m in methods
-                                                  for mode in ("RGB", "Both")]
+                                                  for mode in (("Fused",) if m in fused else ("RGB", "Both"))]
     rows: list[list[Entry]] = []
     pub = paper_results()["table3"]
     for ds in ordered(c.cfg.dataset for c in cells):
         for st in ordered(c.cfg.student for c in cells):
             row: list[Entry] = [dataset_name(ds), STUDENT_NAMES.get(st, st), stats.get((ds, st, "vanilla", "rgb"))]
             for m in methods:
+                if m in fused:
+                    row.append(stats.get((ds, st, m, "fused")))
+                    continue
                 rgb, both = stats.get((ds, st, m, "rgb")), stats.get((ds, st, m, "both"))
                 row += [rgb, Marked(both, direction(rgb, both)) if both is not None else None]
             rows.append(row)
@@ -216,15 +224,19 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
                 ref = pub.get(name, {}).get(st, {}) if metric == pub["metric"] else {}
                 prow: list[Entry] = [paper_label(ds), STUDENT_NAMES.get(st, st), Paper(ref.get("vanilla"))]
                 for m in methods:
+                    if m in fused:
+                        prow.append(Paper(None))
+                        continue
                     p_rgb, p_both = ref.get(m, {}).get("rgb"), ref.get(m, {}).get("both")
                     prow += [Paper(p_rgb), Paper(p_both, paper_direction(p_rgb, p_both))]
                 rows.append(prow)
-    notes = [BOTH_NOTE, MARK_NOTE, *common_notes(look, metric, profile)]
+    notes = [BOTH_NOTE, *([FUSED_NOTE] if fused else []), MARK_NOTE, *common_notes(look, metric, profile)]
     if paper:
         notes += paper_notes("Table 3 (non-pretrained students)", (c.cfg.dataset for c in cells))
         if metric != pub["metric"]:
             notes.append("the paper's Table 3 reports accuracy only.")
-    return Grid(f"Table 3: distillers, RGB vs Both (test {metric.upper()} %)", header, rows, notes)
+    title = "Table 3" if spec == "table3" else f"Table 3 ({spec})"
+    return Grid(f"{title}: distillers, RGB vs Both (test {metric.upper()} %)", header, rows, notes)
 
 
 def table4(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
@@ -365,13 +377,19 @@ PROFILE_ORDER = ("paper", "gpu128", "cpu", "smoke")  # with no --profile: benchm
 
 def build_table(number: int, store: ResultsStore, profile: str = "cpu", students: Sequence[str] | None = None,
                 datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None, metric: str = "acc",
-                paper: bool = False, options: Mapping[str, Any] | None = None) -> Grid:
+                paper: bool = False, options: Mapping[str, Any] | None = None, spec: str | None = None) -> Grid:
     """Table ``number`` (3-7) from ``store``; ``seeds`` None keeps every seed found; ``options``:
-    the cell-defining options the grid ran with (``config``, ``teacher``, ``data``, ``test_data``).
+    the cell-defining options the grid ran with (``config``, ``teacher``, ``data``, ``test_data``);
+    ``spec``: Table 3 only, another grid spec laid out as Table 3 (``table3x``: every distiller).
     Its notes say when runs it cannot show are stored: of other profiles, or of students or
     datasets outside the spec's lists (Table 6's spec is Xception-only, a res18t ablation is not)."""
     look = Lookup(store, seeds, options or {})
-    grid = BUILDERS[number](look, profile, students, datasets, metric, paper)
+    if spec is not None:
+        if number != 3:
+            raise ValueError(f"--spec applies to Table 3 only, not Table {number}")
+        grid = table3(look, profile, students, datasets, metric, paper, spec=spec)
+    else:
+        grid = BUILDERS[number](look, profile, students, datasets, metric, paper)
     grid.runs, grid.profile = len(look.found), profile
     grid.title += f", {profile} profile"
     if is_pipeline_check(profile):
@@ -383,7 +401,7 @@ def build_table(number: int, store: ResultsStore, profile: str = "cpu", students
         grid.notes.append(f"no finished runs of these cells for profile {profile!r}; runs are stored for "
                           f"{profile_counts(held)}: pass --profile NAME.")
     if grid.runs or profile in held:
-        grid.notes += outside_notes(number, store, profile, students, datasets, seeds, options or {})
+        grid.notes += outside_notes(spec or SPECS[number], store, profile, students, datasets, seeds, options or {})
     return grid
 
 
@@ -410,12 +428,11 @@ def profile_counts(held: Mapping[str, int]) -> str:
     return ", ".join(f"{p} ({n} run{'s' * (n != 1)})" for p, n in sorted(held.items(), key=lambda kv: profile_rank(kv[0])))
 
 
-def outside_notes(number: int, store: ResultsStore, profile: str, students: Sequence[str] | None,
+def outside_notes(spec: str, store: ResultsStore, profile: str, students: Sequence[str] | None,
                   datasets: Sequence[str] | None, seeds: Sequence[int] | None, options: Mapping[str, Any]) -> list[str]:
     """A note for stored runs of this table's configurations that the table leaves out because
     their student or dataset is not in its lists, with the option that shows them."""
     notes = []
-    spec = SPECS[number]
     shown = Lookup(store, seeds, options).cells(spec, profile=profile, students=students, datasets=datasets)
     for what, chosen, column in (("student", students, "student"), ("dataset", datasets, "dataset")):
         if chosen is not None:

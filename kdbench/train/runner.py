@@ -15,11 +15,11 @@ from kdbench.config import ConfigError, RunConfig, changed_settings
 from kdbench.data.frames import FrameSet, FrameSplits
 from kdbench.data.registry import DatasetCache
 from kdbench.distiller import Distiller, reduce_taps
-from kdbench.io import atomic_save
+from kdbench.io import atomic_save, remove
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
 from kdbench.plugins import create_distiller, emit
-from kdbench.store import ResultsStore, RunRecord
+from kdbench.store import ResultsStore, RunRecord, StoreError, this_process
 from kdbench.train.runtime import Runtime, main_first, prepare_module
 from kdbench.train.teacher_cache import Teacher, TeacherCache
 from kdbench.train.trainer import epoch_summary, fit
@@ -198,18 +198,15 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
                     status="running", config=cfg.to_dict(), device=device_name(rt.device), versions=versions())
     try:  # what options and config files changed against the bare profile: `kdbench results` shows it
-        rec.history = {"changed": changed_settings(cfg)}
+        changed = changed_settings(cfg)
     except ConfigError:  # a profile file that has since moved: nothing to compare with
-        rec.history = {"changed": {}}
-    changed = rec.history["changed"]
+        changed = {}
     previous = store.get(run_hash) if rt.is_main else None
     if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
         rec.created, rec.wall_time = previous.created, previous.wall_time
     put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
-    put(rec)
     context = {"hash": run_hash, "run_dir": str(ws.run_dir(run_hash)),
                "loggers": list(loggers) if rt.is_main else []}  # one process logs a torchrun run
-    emit("run_start", rec.config, context)
 
     def on_epoch(row: dict[str, Any]) -> None:
         emit("epoch_end", rec.config, {**context, **row})
@@ -218,24 +215,35 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
 
     t0 = time.perf_counter()
     clock = PhaseClock()
+
+    def finish() -> None:
+        rec.wall_time = (rec.wall_time or 0.0) + time.perf_counter() - t0
+        put(rec)
+        emit("run_end" if rec.status == "done" else "run_failed", rec.config,
+             {**context, "status": rec.status, "metrics": rec.metrics or {}})
+
+    # Set-up before the record: the distiller is built first (from the teacher's architecture,
+    # not its weights), so a bad option fails in seconds, before the teacher trains, and a
+    # usage error (a bad option or dataset) leaves no record behind.
+    size = cfg.train.image_size
+    torch.manual_seed(cfg.seed)
+    student = build_student(cfg.student)
+    s_shapes = probe_shapes(student, size)
+    teachers = teachers or TeacherCache()
+    t_shapes = teachers.shapes(cfg)
+    distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
+    student = prepare_module(student, rt)
+    clock.lap("setup")
+    datasets = datasets or DatasetCache()
+    splits = datasets.load(cfg.dataset, size, cfg.data)
+    placement = place_frames(splits, rt)
+    # cross-dataset testing: the teacher (trained and tested below) stays the training dataset's
+    cross_test = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"] if cfg.test_dataset else None
+    clock.lap("data")
+    rec.history = {"process": this_process(), "changed": changed}  # a reader tells a live run from a killed one
+    put(rec)
+    emit("run_start", rec.config, context)
     try:
-        size = cfg.train.image_size
-        # Build the distiller first (from the teacher's architecture, not its weights), so a bad
-        # option fails in seconds instead of after the teacher has trained.
-        torch.manual_seed(cfg.seed)
-        student = build_student(cfg.student)
-        s_shapes = probe_shapes(student, size)
-        teachers = teachers or TeacherCache()
-        t_shapes = teachers.shapes(cfg)
-        distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
-        student = prepare_module(student, rt)
-        clock.lap("setup")
-        datasets = datasets or DatasetCache()
-        splits = datasets.load(cfg.dataset, size, cfg.data)
-        placement = place_frames(splits, rt)
-        # cross-dataset testing: the teacher (trained and tested below) stays the training dataset's
-        cross_test = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"] if cfg.test_dataset else None
-        clock.lap("data")
         teacher = teachers.get(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
         if cross_test is not None:
@@ -254,7 +262,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         if rt.is_main:
             atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
                          "state_dict": result.best_state}, ws.run_dir(run_hash) / "student.pt")
-            (ws.run_dir(run_hash) / "state.pt").unlink(missing_ok=True)  # resume state: no longer needed
+            remove(ws.run_dir(run_hash) / "state.pt")  # resume state: no longer needed
         clock.lap("save")
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
@@ -266,10 +274,10 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         rec.status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         rec.error = f"{type(exc).__name__}: {exc}"
         rec.history = {"traceback": traceback.format_exc(limit=5), "changed": changed}
+        try:
+            finish()
+        except StoreError as store_exc:  # the run's own failure is what the user must see
+            log(f"warning: the failed run's record could not be stored ({store_exc})")
         raise
-    finally:
-        rec.wall_time = (rec.wall_time or 0.0) + time.perf_counter() - t0
-        put(rec)
-        emit("run_end" if rec.status == "done" else "run_failed", rec.config,
-             {**context, "status": rec.status, "metrics": rec.metrics or {}})
+    finish()
     return rec

@@ -7,20 +7,18 @@ corrupt (never silently used). Every distiller and student reuses them.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from kdbench.config import RunConfig, TrainConfig, digest, file_sha256
+from kdbench.config import RunConfig, TrainConfig, digest
 from kdbench.train.runtime import Runtime, main_first, prepare_module
-from kdbench.io import atomic_save, safe_load
+from kdbench.io import CorruptFileError, atomic_save, atomic_write, load_verified, locked, remove, safe_load, verify
 from kdbench.data.frames import FrameSet, FrameSplits, normalize
 from kdbench.distiller import reduce_taps
 from kdbench.models.taps import probe_shapes
@@ -79,7 +77,7 @@ class Teacher:
         result: dict[str, Tensor] = {}
         missing = self._read(split, frames, taps, reductions, dtype, result, log)
         if missing:
-            with _locked(self.root):
+            with locked(self.root):
                 # another process (a grid shard) may have written them while this one waited
                 missing = self._read(split, frames, missing, reductions, dtype, result, lambda m: None)
                 computed = self._compute(frames, missing, reductions, device, dtype) if missing else {}
@@ -120,7 +118,9 @@ class Teacher:
         if not path.is_file():
             raise FileNotFoundError(path)
         try:
-            entry = safe_load(path)
+            entry = load_verified(path)
+        except CorruptFileError:
+            raise CacheError(f"corrupt feature file {path.name} (does not match its digest)") from None
         except Exception as exc:  # noqa: BLE001
             raise CacheError(f"corrupt feature file {path.name} ({type(exc).__name__})") from None
         expected = {"format": TEACHER_FORMAT, "teacher": self.hash, "split": split, "tap": tap,
@@ -132,18 +132,6 @@ class Teacher:
                 or not torch.isfinite(values).all():
             raise CacheError(f"corrupt feature file {path.name} (bad values)")
         return values
-
-
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One process at a time trains or extracts a given teacher (grid shards share it)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def build_teacher(cfg: RunConfig, load_weights: bool = True) -> DualBranchTeacher:
@@ -165,8 +153,10 @@ def _load_teacher(root: Path, key_hash: str, cfg: RunConfig) -> tuple[DualBranch
         raise CacheError("unreadable manifest") from None
     if meta.get("format") != TEACHER_FORMAT or meta.get("hash") != key_hash:
         raise CacheError(f"stale entry (format {meta.get('format')}, key {meta.get('hash')})")
-    if file_sha256(path) != meta.get("sha256"):
-        raise CacheError("checkpoint does not match its recorded checksum (corrupt or modified)")
+    try:
+        verify(path, [meta.get("sha256")])
+    except CorruptFileError:
+        raise CacheError("checkpoint does not match its recorded checksum (corrupt or modified)") from None
     try:
         state = safe_load(path)
     except Exception as exc:  # noqa: BLE001
@@ -219,7 +209,7 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
     key_hash = digest(teacher_key(cfg))
     root = workdir / "teachers" / key_hash
     single = replace(rt, rank=0, world=1)
-    with main_first(rt), _locked(root):
+    with main_first(rt), locked(root):
         try:
             model, metrics = _load_teacher(root, key_hash, cfg)
             log(f"teacher: cached {key_hash} (val acc {metrics.get('val', {}).get('acc', float('nan')):.2f}, "
@@ -230,7 +220,7 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
         except CacheError as exc:
             log(f"teacher {key_hash}: {exc}; rebuilding")
             for stale in (root / "features").glob("*.pt"):
-                stale.unlink()
+                remove(stale)
             model, metrics, cached = None, {}, False
         if model is None:
             log(f"teacher: training {key_hash} ({cfg.teacher.backbone} branches, {cfg.teacher.epochs} epochs)")
@@ -246,10 +236,11 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
             metrics = {"best_epoch": res.best_epoch, "val": res.val, "test": res.test,
                        "params": sum(p.numel() for p in model.parameters()),
                        "train_s": round(time.perf_counter() - t0, 1)}
-            atomic_save(res.best_state, root / "teacher.pt")
+            sha = atomic_save(res.best_state, root / "teacher.pt", digest_file=False)  # the manifest keeps it
             manifest = {"format": TEACHER_FORMAT, "hash": key_hash, "key": teacher_key(cfg),
-                        "sha256": file_sha256(root / "teacher.pt"), "metrics": metrics}
-            (root / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+                        "sha256": sha, "metrics": metrics}
+            text = json.dumps(manifest, indent=2, default=str).encode()
+            atomic_write(root / "manifest.json", lambda fh: fh.write(text))
             log(f"teacher: trained {key_hash} in {metrics['train_s']:.0f} s (val acc {res.val['acc']:.2f}, "
                 f"test acc {res.test['acc']:.2f})")
     # channels_last on a GPU; never SyncBN (inference only)

@@ -24,7 +24,7 @@ from kdbench.config import TrainConfig
 from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
-from kdbench.io import BackgroundSaver, safe_load
+from kdbench.io import BackgroundSaver, CorruptFileError, load_verified
 from kdbench.train.metrics import forgery_metrics
 from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
@@ -145,10 +145,12 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
-               watch: LossWatch | None = None) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """One optimisation step: CE + the distiller's terms under autocast, one backward,
-    gradient averaging across processes, the distiller's leader step, the optimizer step.
-    ``watch``: where the loss is checked for NaN/inf (default: now, before the backward)."""
+               watch: LossWatch | None = None, index: Tensor | None = None
+               ) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """One optimisation step: CE (times the distiller's ``ce_weight``) + the distiller's terms under
+    autocast, one backward, gradient averaging across processes, the distiller's leader step, the
+    optimizer step. ``watch``: where the loss is checked for NaN/inf (default: now, before the
+    backward). ``index``: the batch's rows in the training split, for a distiller that ``wants_index``."""
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
@@ -156,13 +158,16 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
         and not getattr(distiller, "reports_grad_cos", False)
     with rt.autocast():
         logits, taps = forward(x)
-        terms = {"ce": F.cross_entropy(logits, y)}
+        ce = F.cross_entropy(logits, y)
+        ce_weight = distiller.ce_weight if distiller is not None else 1.0
+        terms = {"ce": ce if ce_weight == 1.0 else ce_weight * ce}  # 1.0: not even a multiply
         if distiller is not None:
             student = {k: taps[k] for k in distiller.student_taps()}
             if diagnose:  # the Fig. 4 cosine: see grad_cosine. The loss then runs eagerly, as a compiled
                 # one (``--compile``: its buffers donated to one backward) refuses a term-by-term backward
                 student = {k: v.view_as(v) for k, v in student.items()}
-            kd = (distiller.forward if diagnose else distiller)(student, feats, y)
+            extra = {"index": index} if distiller.wants_index else {}
+            kd = (distiller.forward if diagnose else distiller)(student, feats, y, **extra)
             terms.update(kd)
     if diagnose:
         cos = grad_cosine(kd, student)
@@ -204,6 +209,8 @@ def fit(
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
     the same ``identity`` the run resumes from it.
     """
+    if distiller is not None:
+        distiller.prepare(train.labels)  # per-sample state (CRD's memory bank) exists before a resume
     extra = distiller.student_parameters() if distiller is not None else []
     params = [*model.parameters(), *extra]
     opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
@@ -255,7 +262,8 @@ def fit(
                                 student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
                                 batch_size=len(global_batches[i]))
                 feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
-                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch)
+                index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
+                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch, index)
                 for k, v in terms.items():  # summed on the device: no host sync per step
                     sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
                 seen += len(idx)
@@ -302,9 +310,13 @@ def fit(
 def load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
     """A checkpoint written by ``fit`` for the same run, or a one-line error saying why not."""
     try:
-        state = safe_load(path)
+        state = load_verified(path)
+    except CorruptFileError as exc:
+        raise TrainingError(f"{exc}; delete it to start over") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is refused the same way
         raise TrainingError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {path} is not a kdbench run checkpoint; delete it to start over")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"checkpoint {path} has format {state.get('format')}, this kdbench writes {CHECKPOINT_FORMAT}")
     if state.get("identity") != identity:
