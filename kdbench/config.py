@@ -24,6 +24,7 @@ SEED_MAX = 2**63 - 1  # the store keeps seeds as SQLite integers
 # the sections a config file may hold; a profile may also hold per-dataset overrides
 CONFIG_KEYS = ("description", "train", "teacher", "hp", "data", "log")  # log: loggers, never hashed
 PROFILE_KEYS = (*CONFIG_KEYS, "dataset", "pipeline_check")
+SCALAR_KEYS = ("description", "log", "pipeline_check")  # the keys that are not tables
 
 
 class ConfigError(ValueError):
@@ -188,7 +189,7 @@ def check_sections(data: Mapping[str, Any], where: str, allowed: tuple[str, ...]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown section {', '.join(map(repr, unknown))} in {where}; valid: {', '.join(allowed)}")
-    for key in set(data) - {"description"}:
+    for key in set(data) - set(SCALAR_KEYS):
         if not isinstance(data[key], Mapping):
             raise ConfigError(f"{where}: {key!r} must be a table/mapping, got {data[key]!r}")
 
