@@ -22,7 +22,7 @@ PROFILES = ("smoke", "cpu", "paper", "gpu128")
 PIPELINE_CHECK = "pipeline check, not a benchmark"
 SEED_MAX = 2**63 - 1  # the store keeps seeds as SQLite integers
 # the sections a config file may hold; a profile may also hold per-dataset overrides
-CONFIG_KEYS = ("description", "train", "teacher", "hp", "data", "log")  # log: loggers, never hashed
+CONFIG_KEYS = ("description", "train", "teacher", "student", "hp", "data", "log")  # log: loggers, never hashed
 PROFILE_KEYS = (*CONFIG_KEYS, "dataset", "pipeline_check")
 SCALAR_KEYS = ("description", "log", "pipeline_check")  # the keys that are not tables
 
@@ -70,6 +70,8 @@ class RunConfig:
     method: str = "tokd"
     mode: str = "both"
     student: str = "res18t"
+    student_weights: str | None = None  # local pretrained student backbone (state_dict file)
+    student_weights_sha256: str | None = None  # filled in at resolution: the hash sees the file's content
     dataset: str = "synthetic"
     test_dataset: str | None = None  # cross-dataset testing (Table 7); None = same dataset
     test_data: Mapping[str, Any] = field(default_factory=dict)  # the test dataset's options
@@ -84,13 +86,16 @@ class RunConfig:
         return asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """What the run is, not where its inputs lie: data roots are left out, and so is the
-        teacher weights' path (its content hash ``weights_sha256`` is kept), so moving a
-        prepared dataset or a weights file keeps every run, cell and cached teacher."""
+        """What the run is, not where its inputs lie: data roots are left out, and so are the
+        weights files' paths (their content hashes are kept), so moving a prepared dataset or a
+        weights file keeps every run, cell and cached teacher."""
         data = self.to_dict()
         for key in ("data", "test_data"):
             data[key] = {k: v for k, v in data[key].items() if k != "root"}
         data["teacher"]["weights"] = None  # None already without weights: those hashes are unchanged
+        del data["student_weights"]
+        if data["student_weights_sha256"] is None:  # absent, as before the option: hashes unchanged
+            del data["student_weights_sha256"]
         return data
 
     @property
@@ -216,8 +221,10 @@ def resolve(
     test_dataset: str | None = None,
     config: Mapping[str, Any] | None = None,
     test_data: Mapping[str, Any] | None = None,
+    student_weights: str | None = None,
 ) -> RunConfig:
-    """Profile, then the profile's per-dataset section, then a config file, then explicit options."""
+    """Profile, then the profile's per-dataset section, then a config file, then explicit options.
+    Student weights: ``student_weights``, else a layer's ``[student] weights``."""
     prof = load_profile(profile)
     config = config or {}
     check_layers(profile, prof, config)
@@ -227,6 +234,7 @@ def resolve(
     train_cfg, teacher_cfg = TrainConfig(), TeacherConfig()
     hp_all: dict[str, Any] = {}
     data_cfg: dict[str, Any] = {}
+    layer_student_weights = None
     for layer, layer_data in ((prof, prof.get("data", {}).get(dataset, {})),
                               (per_dataset, per_dataset.get("data", {})),
                               (config, config.get("data", {}).get(dataset, {}))):
@@ -234,6 +242,7 @@ def resolve(
         teacher_cfg = _apply(teacher_cfg, layer.get("teacher", {}), "teacher")
         hp_all.update(layer.get("hp", {}).get(method, {}))
         data_cfg.update(layer_data)
+        layer_student_weights = _student_section(layer).get("weights", layer_student_weights)
     train_cfg = _apply(train_cfg, dict(train or {}), "train")
     teacher_cfg = _apply(teacher_cfg, dict(teacher or {}), "teacher")
     hp_all.update(hp or {})
@@ -243,11 +252,18 @@ def resolve(
         if not path.is_file():
             raise ConfigError(f"teacher weights file not found: {path}")
         teacher_cfg = replace(teacher_cfg, weights=str(path.resolve()), weights_sha256=file_sha256(path))
+    student_weights, student_sha = student_weights or layer_student_weights, None
+    if student_weights:
+        path = Path(student_weights).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"student weights file not found: {path}")
+        student_weights, student_sha = str(path.resolve()), file_sha256(path)
     resolved_mode = resolve_mode(method, mode)
     hp_full = resolve_hp(method, hp_all)
     cross = test_dataset if test_dataset != dataset else None
     cross_data = {**prof.get("data", {}).get(cross, {}), **(test_data or {})} if cross else {}
-    return RunConfig(method=method, mode=resolved_mode, student=student, dataset=dataset, test_dataset=cross,
+    return RunConfig(method=method, mode=resolved_mode, student=student, student_weights=student_weights,
+                     student_weights_sha256=student_sha, dataset=dataset, test_dataset=cross,
                      test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
                      teacher=teacher_cfg)
 
@@ -272,6 +288,17 @@ def changed_settings(cfg: RunConfig, base: RunConfig | None = None) -> dict[str,
                        profile=cfg.profile, seed=cfg.seed, test_dataset=cfg.test_dataset)
     old, new = flatten(base.identity()), flatten(cfg.identity())
     return {k: v for k, v in new.items() if old.get(k, object()) != v}
+
+
+def _student_section(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's ``[student]`` table: only ``weights`` (the student's name is a command option)."""
+    section = layer.get("student", {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[student] must be a table with a 'weights' key, got {section!r}")
+    unknown = sorted(set(section) - {"weights"})
+    if unknown:
+        raise ConfigError(f"unknown student setting {', '.join(unknown)}; valid: weights")
+    return dict(section)
 
 
 def check_layers(profile: str, prof: Mapping[str, Any], config: Mapping[str, Any]) -> None:

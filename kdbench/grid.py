@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -28,6 +28,7 @@ class Cell:
     spec: str
     label: str  # the group's label (or the method name)
     variant: dict[str, Any] = field(default_factory=dict)  # this cell's sweep values
+    pretrained_student: bool = False  # the paper ran it from an ImageNet-pretrained student
 
 
 def load_spec(name: str) -> tuple[str, dict[str, Any]]:
@@ -58,8 +59,13 @@ def expand(
     teacher: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     test_data: dict[str, Any] | None = None,
+    student_weights: str | None = None,
 ) -> list[Cell]:
-    """All cells of spec ``name``; options narrow or replace the spec's own lists."""
+    """All cells of spec ``name``; options narrow or replace the spec's own lists.
+
+    ``student_weights`` (or a config's ``[student] weights``) go to the cells of groups with
+    ``pretrained_student = true`` (a group's key, else the spec's), and only to those: the paper's
+    Tables 4 and 7 start the student from ImageNet weights, its Table 3 does not."""
     spec_name, spec = load_spec(name)
     groups = spec.get("group") or []
     if not groups:
@@ -72,6 +78,7 @@ def expand(
         test_sets = list(group.get("test_datasets") or spec.get("test_datasets") or [None])
         sweep = group.get("sweep", {})
         keys = list(sweep)
+        pretrained = bool(group.get("pretrained_student", spec.get("pretrained_student", False)))
         for method in _listify(group.get("methods", [])):
             if methods and method not in methods:
                 continue
@@ -82,11 +89,14 @@ def expand(
                 variant = dict(zip(keys, values))
                 cfg = resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile,
                               seed=seed, hp={**group.get("hp", {}), **variant}, config=config, teacher=teacher,
-                              test_dataset=test_ds, data=data, test_data=test_data)
+                              test_dataset=test_ds, data=data, test_data=test_data,
+                              student_weights=student_weights if pretrained else None)
+                if not pretrained and cfg.student_weights:  # a config file's [student] weights
+                    cfg = replace(cfg, student_weights=None, student_weights_sha256=None)
                 if cfg.hash in seen:
                     continue
                 seen.add(cfg.hash)
-                cells.append(Cell(cfg, spec_name, group.get("label", method), variant))
+                cells.append(Cell(cfg, spec_name, group.get("label", method), variant, pretrained))
     return cells
 
 

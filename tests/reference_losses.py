@@ -142,3 +142,38 @@ def ref_dkd(student: Tensor, teacher: Tensor, labels: Tensor, temperature: float
             nckd = nckd + qt * math.log(qt / qs)
     scale = temperature ** 2 / n
     return torch.as_tensor(tckd * scale), torch.as_tensor(nckd * scale)
+
+
+# -- NumPy derivations from the papers, for the golden tests ------------------------------------
+# No torch at all, so neither the plugins' code nor torchdistill's (which PKT calls) can agree with
+# them by construction.
+def np_pkt(student, teacher, eps: float = 1e-7) -> float:
+    """Passalis & Tefas (ECCV 2018), Eq. 8-10 with the cosine kernel, as their code computes it:
+    K(a, b) = (cos(a, b) + 1) / 2 over the batch, conditional probabilities p_{i|j} = K_ij / sum_k K_kj
+    (self-similarity included), and KL(P_t || P_s) averaged over the N^2 entries."""
+    import numpy as np
+
+    def conditional(x):
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        out = np.empty((len(x), len(x)))
+        for i, a in enumerate(x):
+            for j, b in enumerate(x):
+                out[i, j] = (np.dot(a, b) / ((np.linalg.norm(a) + eps) * (np.linalg.norm(b) + eps)) + 1) / 2
+        return out / out.sum(axis=1, keepdims=True)
+
+    p, q = conditional(teacher), conditional(student)
+    return float(np.mean(p * np.log((p + eps) / (q + eps))))
+
+
+def np_sp(student, teacher) -> float:
+    """Tung & Mori (ICCV 2019), Eq. 1-4: G~ = Q Q^T of the flattened activations, each row divided by
+    its L2 norm, L = ||G_s - G_t||_F^2 / b^2."""
+    import numpy as np
+
+    def gram(x):
+        q = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        g = q @ q.T
+        return g / np.sqrt((g**2).sum(axis=1))[:, None]
+
+    b = len(student)
+    return float(((gram(student) - gram(teacher)) ** 2).sum() / b**2)

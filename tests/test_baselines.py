@@ -1,4 +1,5 @@
-"""AT, PKT, SP, VID and FitNet plugins: golden values (torchdistill, closed form),
+"""AT, PKT, SP, VID and FitNet plugins: golden values (torchdistill, the papers' formulas in NumPy,
+closed form),
 independent references, shape mismatches, parameter hygiene, Both-mode
 separation and a smoke training step for every method x mode x student."""
 from __future__ import annotations
@@ -135,28 +136,23 @@ def test_at_equals_torchdistill():
     close(run(d, s, t)["kd_rgb"], 1000 * golden)
 
 
-def test_pkt_equals_torchdistill():
-    s_sh, t_sh = shapes((8, 6, 5), (12, 6, 5))
-    s, t = random_taps(s_sh), random_taps(t_sh, seed=1)
+def test_pkt_golden_from_the_paper():
+    """Against a NumPy derivation of Passalis & Tefas (tests/reference_losses.np_pkt): the plugin
+    calls torchdistill's PKTLoss, so torchdistill is checked against it too, not against the plugin."""
+    s_sh, t_sh = shapes((8, 6, 5), (12, 6, 5), s_dim=64, t_dim=256)
+    s, t = random_taps(s_sh, n=8), random_taps(t_sh, n=8, seed=1)
     d = create_distiller("pkt", "rgb", s_sh, t_sh)
-    golden = PKTLoss("pooled", "output", "rgb.pooled", "output")(io(s), io(t))
+    golden = ref.np_pkt(s["pooled"].numpy(), t["rgb.pooled"].numpy(), d.hp["eps"])
     close(run(d, s, t)["kd_rgb"], 30000 * golden)
+    close(PKTLoss("pooled", "output", "rgb.pooled", "output")(io(s), io(t)), golden)
 
 
-class SPKDLossL2(SPKDLoss):
-    """torchdistill's SPKDLoss with the paper's L2 row normalisation (stock: ``normalize(G, 1)`` = L1)."""
-
-    def matmul_and_normalize(self, z):
-        z = z.flatten(1)
-        return F.normalize(z @ z.t(), p=2, dim=1)
-
-
-def test_sp_equals_torchdistill_with_l2_rows():
+def test_sp_golden_from_the_paper():
+    """Against a NumPy derivation of Tung & Mori's Eq. 1-4 (tests/reference_losses.np_sp)."""
     s_sh, t_sh = shapes((8, 6, 5), (12, 3, 4))
-    s, t = random_taps(s_sh), random_taps(t_sh, seed=1)
+    s, t = random_taps(s_sh, n=8), random_taps(t_sh, n=8, seed=1)
     d = create_distiller("sp", "rgb", s_sh, t_sh)
-    golden = SPKDLossL2("stage4", "rgb.stage4", reduction="batchmean")(io(s), io(t))
-    close(run(d, s, t)["kd_rgb"], 3000 * golden)
+    close(run(d, s, t)["kd_rgb"], 3000 * ref.np_sp(s["stage4"].numpy(), t["rgb.stage4"].numpy()))
 
 
 def test_torchdistill_sp_normalises_rows_by_l1():

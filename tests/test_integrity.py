@@ -70,17 +70,41 @@ def test_enospc_removes_the_temporary_file_and_names_the_file(tmp_path, monkeypa
     assert leftovers(tmp_path) == [] and not path.exists() and not digest_path(path).exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (root only: skipped where mounting is not permitted)."""
-    mnt = tmp_path / "disk"
+def mount_tmpfs(mnt: Path, size: str):
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only: skipped where mounting is not permitted)."""
+    yield from mount_tmpfs(tmp_path / "disk", "2m")
+
+
+@pytest.mark.slow
+def test_a_run_on_a_disk_that_fills_up(tmp_path):
+    """The issue's case: a 20 MB workdir holds the smoke teacher and its features, not the first
+    epoch's checkpoint. One line naming the cause, no temporary file, a failed record, a readable store."""
+    import sys
+
+    for disk in mount_tmpfs(tmp_path / "disk", "20m"):
+        env = {**os.environ, "KDBENCH_HOME": str(disk), "COLUMNS": "200"}
+        proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "vanilla", "--profile",
+                               "smoke", "--no-progress"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 1, proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: no space left on device writing ") and "Traceback" not in proc.stderr, last
+        assert leftovers(disk) == []
+        listing = subprocess.run([sys.executable, "-m", "kdbench.cli", "results", "--format", "csv"],
+                                 capture_output=True, text=True, env=env)
+        assert listing.returncode == 0, listing.stderr
+        assert ",failed," in listing.stdout and "no space left on device writing" in listing.stdout
 
 
 def test_a_real_full_disk(small_disk):

@@ -183,7 +183,21 @@ def test_table1_matches_paper():
         c = counts[name][head]
         assert abs(c.params_m / params - 1) < 0.02, (name, c.params_m)
         assert abs(c.gmacs / gmacs - 1) < 0.02, (name, c.gmacs)
-    assert counts["teacher"][2].params_m > 2 * counts["xception"][2].params_m
+    # The teacher, counted by hand from the paper's description and our documented choices
+    # (docs/tables.md): two Xception branches without FC, RFAMs at 728, 728, 2048 channels
+    # (1x1 conv 2C->C + BN + 3x3 conv C->2), projectors of width 256 from 2048 channels.
+    branch = 20_811_050 - (2048 * 2 + 2)
+    rfam = lambda c: 2 * c * c + c + 2 * c + 9 * c * 2 + 2  # noqa: E731
+    g_tr = 2048 * 256 + 2 * (9 * 256 * 256) + 3 * 2 * 256  # three conv + BN (+ ReLU)
+    g_tf = 2048 * 256 + 3 * (9 * 256 * 256) + 256 * 256 + 256 + 2 * 2 * 256  # five conv, BN after 2nd and 4th
+    teacher = counts["teacher"][2]
+    assert teacher.params == 2 * branch + 2 * rfam(728) + rfam(2048) + g_tr + g_tf + (512 * 2 + 2)
+    # The paper's 62.8 M / 20.14 GMACs: we are 10.4 % / 5.4 % below, a gap docs/tables.md accounts
+    # for (unstated RFAM widths and placement, projector widths, branch heads). The exact count above
+    # pins the architecture; the tolerance keeps it near the paper (dropping a 728-channel RFAM,
+    # 1.1 M, already fails it).
+    assert abs(teacher.params_m / 62.8 - 1) < 0.11, teacher.params_m
+    assert abs(teacher.gmacs / 20.14 - 1) < 0.06, teacher.gmacs
 
 
 def test_figures_write_png(ws, tmp_path):

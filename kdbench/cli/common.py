@@ -138,23 +138,41 @@ def check_names(students: Sequence[str] = (), datasets: Sequence[str] = ()) -> N
 def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
                  hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
                  test_dataset: Optional[str] = None, data: Optional[dict[str, Any]] = None,
-                 test_data: Optional[dict[str, Any]] = None) -> RunConfig:
+                 test_data: Optional[dict[str, Any]] = None, student_weights: Optional[Path] = None) -> RunConfig:
     check_names([student], [d for d in (dataset, test_dataset) if d])
     file_cfg = load_config_file(config) if config else None
     teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
     train = {"epochs": epochs} if epochs is not None else {}  # 0 is a value (refused), not "unset"
     return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
                    hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset,
-                   data=data, test_data=test_data)
+                   data=data, test_data=test_data, student_weights=str(student_weights) if student_weights else None)
 
 
 def cell_options(config: Optional[Path], teacher_weights: Optional[Path], data: list[str],
-                 data_root: Optional[Path] = None, test_data_root: Optional[Path] = None) -> dict[str, Any]:
+                 data_root: Optional[Path] = None, test_data_root: Optional[Path] = None,
+                 student_weights: Optional[Path] = None) -> dict[str, Any]:
     """The options besides profile, students and datasets that define a grid's cells:
     `kdbench grid` runs them, `kdbench table`/`figure` look the same cells up."""
     return {"config": load_config_file(config) if config else None,
             "teacher": {"weights": str(teacher_weights)} if teacher_weights else None,
-            "data": data_options(data, data_root), "test_data": data_options([], test_data_root)}
+            "data": data_options(data, data_root), "test_data": data_options([], test_data_root),
+            "student_weights": str(student_weights) if student_weights else None}
+
+
+def require_pretrained(cfg: RunConfig, random_init: bool, student: bool = False) -> None:
+    """The paper starts the teacher's branches (and, in Tables 2, 4 and 7, the student) from
+    ImageNet Xception: under the ``paper`` profile, starting from random weights must be asked
+    for (``--random-init``), never happen because a flag was forgotten. ``student``: the cell
+    is one the paper ran with the pretrained student."""
+    if random_init or cfg.profile != "paper":
+        return
+    if not cfg.teacher.weights:
+        raise ConfigError("the paper profile starts the teacher's Xception branches from ImageNet weights: give "
+                          "--teacher-weights FILE (timm's or the Keras-ported xception-*.pth), or --random-init "
+                          "to train from random weights")
+    if student and not cfg.student_weights:
+        raise ConfigError(f"the paper ran this {cfg.student} student from ImageNet weights: give --student-weights "
+                          "FILE (the same xception-*.pth), or --random-init to train from random weights")
 
 
 def loggers(names: Sequence[str], config: Optional[Path]) -> list[str]:
@@ -196,8 +214,14 @@ WorkdirOpt = typer.Option(None, "--workdir",
 ProfileOpt = typer.Option("cpu", "--profile", "-p", help="smoke | cpu | paper | gpu128, or a .toml/.yaml file.")
 ConfigOpt = typer.Option(None, "--config", help="TOML/YAML config file: sections train, teacher, hp.METHOD, "
                          "data.DATASET. Tables and figures look up the cells run with it.")
-TeacherWeightsOpt = typer.Option(None, "--teacher-weights", help="Local pretrained teacher branch weights "
-                                 "(matched by content when tables look runs up).")
+TeacherWeightsOpt = typer.Option(None, "--teacher-weights", help="Local pretrained teacher branch weights: "
+                                 "ImageNet Xception, timm's or the Keras-ported layout (matched by content when "
+                                 "tables look runs up).")
+StudentWeightsOpt = typer.Option(None, "--student-weights", help="Local pretrained student weights (ImageNet "
+                                 "Xception, timm's or the Keras-ported layout; the thin ResNets have none). "
+                                 "Grids apply them to the cells the paper ran pretrained (Tables 4, 7).")
+RandomInitOpt = typer.Option(False, "--random-init", help="Allow the paper profile to start from random weights "
+                             "(without --teacher-weights / --student-weights).")
 DataOpt = typer.Option([], "--data", help="Dataset option key=value (repeatable), e.g. methods=[Deepfakes].")
 DataRootOpt = typer.Option(None, "--data-root", help="Prepared dataset directory (kdbench prepare --out).")
 TestDataRootOpt = typer.Option(None, "--test-data-root", help="Prepared test dataset directory (Table 7).")

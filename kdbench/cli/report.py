@@ -7,6 +7,9 @@ from typing import Any, Optional
 
 import typer
 
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
+                                WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
+                                split_list, workspace)
 from kdbench.config import ConfigError
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
                                 cell_options, check_choice, check_names, cli_errors, find_run, log, out,
@@ -33,6 +36,7 @@ def table(
                                                             "(table3x: every built-in distiller in each mode)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -58,7 +62,7 @@ def table(
     store = open_store(workspace(workdir))
     grids = build_tables(number, store, profile, students=split_list(students), datasets=split_list(datasets),
                          seeds=parse_seeds(seeds) if seeds else None, metric=metric, paper=paper,
-                         options=cell_options(config, teacher_weights, data), spec=spec)
+                         options=cell_options(config, teacher_weights, data, student_weights=student_weights), spec=spec)
     if fmt == "csv" and len(grids) > 1:
         others = ", ".join(g.profile for g in grids[1:])
         log(f"csv shows profile {grids[0].profile}; runs of {others} hold this table too: pass --profile NAME")
@@ -82,6 +86,7 @@ def figure(
     seeds: Optional[str] = SeedsOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
@@ -106,7 +111,7 @@ def figure(
     check_names(split_list(students) or [])
     draw = FIGURES[int(name)]
     args = (split_list(students), split_list(datasets), parse_seeds(seeds) if seeds else None,
-            cell_options(config, teacher_weights, data))
+            cell_options(config, teacher_weights, data, student_weights=student_weights))
     if profile is not None:
         typer.echo(str(draw(store, folder, profile, *args)))
         return

@@ -10,10 +10,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, LogOpt,
-                                PrecisionOpt, ProfileOpt, StudentsOpt, TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt,
-                                build_config, cell_options, check_names, cli_errors, console, data_options, escape,
-                                log, loggers, out, results_store, split_list, workspace)
+from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, LogOpt, PrecisionOpt,
+                                ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
+                                TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names, cli_errors,
+                                console, data_options, escape, log, loggers, out, require_pretrained, results_store,
+                                split_list, workspace)
+from kdbench.config import ConfigError
 
 teacher_app = typer.Typer(help="Build the cached dual-branch teacher explicitly.")
 
@@ -30,6 +32,8 @@ def run(
     hp: list[str] = typer.Option([], "--hp", help="Hyper-parameter override key=value (repeatable)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
+    random_init: bool = RandomInitOpt,
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the profile's epochs."),
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
@@ -49,6 +53,7 @@ def run(
                                       "and what it changes against the profile; run nothing."),
 ) -> None:
     """Train one student with one distiller and store the record."""
+    from kdbench.io import locked
     from kdbench.train.runner import run as run_one
     from kdbench.train.runtime import make_runtime
 
@@ -56,7 +61,8 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root))
+                       data_options(data, data_root), data_options([], test_data_root), student_weights)
+    require_pretrained(cfg, random_init)
     chosen_loggers = loggers(log_to, config)
     if print_config:
         print_resolved(cfg)
@@ -65,23 +71,21 @@ def run(
 
     ws = workspace(workdir)
     store = results_store(ws.store_path)
-    rec = store.get(cfg.hash)
-    if rec is None or rec.status != "done":
+    done = store.get(cfg.hash)
+    if done is None or done.status != "done":
         rt = make_runtime(device, precision, compile_model)
         # the same run started twice: the second waits for the first, then takes its record
-        one_process = locked(ws.run_dir(cfg.hash), on_wait=lambda: log(
-            f"run {cfg.hash} is running in another process; waiting for it")) if rt.world == 1 else nullcontext()
-        with one_process:
-            rec = store.get(cfg.hash)
-            if rec is None or rec.status != "done":
+        waiting = f"run {cfg.hash} is running in another process; waiting for it"
+        with locked(ws.run_dir(cfg.hash), on_wait=lambda: log(waiting)) if rt.world == 1 else nullcontext():
+            done = store.get(cfg.hash)
+            if done is None or done.status != "done":
                 rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
                               progress=progress and console.is_terminal, loggers=chosen_loggers)
-                if not rt.is_main:
-                    return
-                print_metrics(rec)
+                if rt.is_main:
+                    print_metrics(rec)
                 return
     log(f"run {cfg.hash} already done (delete it with `kdbench results --delete {cfg.hash}` to redo)")
-    print_metrics(rec)
+    print_metrics(done)
 
 
 def print_resolved(cfg: Any) -> None:
@@ -126,6 +130,8 @@ def grid(
                                      "configuration too."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    student_weights: Optional[Path] = StudentWeightsOpt,
+    random_init: bool = RandomInitOpt,
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
     test_data_root: Optional[Path] = TestDataRootOpt,
@@ -145,7 +151,12 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights))
+    if student_weights and not any(cell.pretrained_student for cell in cells):
+        raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
+                          "do; Table 3's students start from random weights): drop --student-weights")
+    for cell in cells:
+        require_pretrained(cell.cfg, random_init, student=cell.pretrained_student)
     cells = shard(cells, *parse_shard(shard_opt))
     chosen_loggers = loggers(log_to, config)
     ws = workspace(workdir)
@@ -242,6 +253,7 @@ def teacher_train(
     profile: str = ProfileOpt,
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
+    random_init: bool = RandomInitOpt,
     data: list[str] = DataOpt,
     data_root: Optional[Path] = DataRootOpt,
     device: str = DeviceOpt,
@@ -254,6 +266,7 @@ def teacher_train(
 
     cfg = build_config("vanilla", None, "res18t", dataset, profile, 0, [], config, teacher_weights, None,
                        data=data_options(data, data_root))
+    require_pretrained(cfg, random_init)
     splits = load_dataset(cfg.dataset, cfg.train.image_size, cfg.data)
     t = ensure_teacher(cfg, splits, workspace(workdir).root, make_runtime(device), log=log,
                        progress=console.is_terminal)

@@ -5,12 +5,14 @@ S_B(x), the map the classifier pools) and ``pooled`` (the classifier's input).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import timm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from kdbench.models.pretrained import load_backbone
 from kdbench.models.taps import TappedModel
 
 THIN_WIDTHS = (32, 64, 128, 256)
@@ -51,7 +53,8 @@ def res34t(num_classes: int = 2) -> nn.Module:
 
 
 def xception(num_classes: int = 2) -> nn.Module:
-    """timm's ``legacy_xception`` (Chollet's Xception as in FF++), never downloaded."""
+    """timm's ``legacy_xception`` (Chollet's Xception as in FF++), never downloaded: ImageNet
+    weights come from a local file (``build_student(..., weights=)``, ``--student-weights``)."""
     return timm.create_model("legacy_xception", pretrained=False, num_classes=num_classes)
 
 
@@ -64,15 +67,25 @@ NETWORKS: dict[str, tuple[Callable[[int], nn.Module], dict[str, str]]] = {
 STUDENTS = ("res18t", "res34t", "xception")
 
 
-def build_student(name: str, num_classes: int = 2) -> TappedModel:
-    """A tapped student network by name (built-ins, then ``kdbench_students`` plugins)."""
+def build_student(name: str, num_classes: int = 2, weights: str | Path | None = None) -> TappedModel:
+    """A tapped student network by name (built-ins, then ``kdbench_students`` plugins).
+
+    ``weights``: a local pretrained state dict for a built-in's backbone (ImageNet Xception in
+    timm's or the Keras port's layout; ``kdbench.models.pretrained``); the classifier keeps its
+    seeded initialisation."""
     from kdbench.plugins import registry
 
     if name in NETWORKS:
         builder, taps = NETWORKS[name]
-        return TappedModel(builder(num_classes), taps)
+        net = builder(num_classes)
+        if weights is not None:
+            load_backbone(net, weights, name, "student")
+        return TappedModel(net, taps)
     plugin_builder = registry().students.get(name)
     if plugin_builder is not None:
+        if weights is not None:
+            raise ValueError(f"student weights are for the built-in students ({', '.join(STUDENTS)}); "
+                             f"the plugin student {name!r} loads its own")
         try:
             model = plugin_builder(num_classes)
         except Exception as exc:  # noqa: BLE001 - the plugin's failure, in one line

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.models.frequency import FrequencyTransform
-from kdbench.io import safe_load
+from kdbench.models.pretrained import load_backbone
 from kdbench.models.students import NETWORKS
 
 
@@ -156,27 +156,8 @@ class DualBranchTeacher(nn.Module):
         return logits, taps
 
     def load_branch_weights(self, path: str | Path) -> None:
-        """Initialise both branches from a local backbone ``state_dict`` (e.g. ImageNet Xception).
-
-        A missing file or a state dict that does not fit the backbone is an error:
-        a silently random teacher would invalidate every table.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher weights file not found: {path}")
-        state = safe_load(path)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "last_linear."))}
-        target = {k: v for k, v in self.rgb.net.state_dict().items() if not k.startswith("fc.")}
-        for key, value in list(state.items()):  # Cadene's Xception stores pointwise convs as 2-D
-            if key in target and value.dim() == 2 and target[key].dim() == 4:
-                state[key] = value[:, :, None, None]
-        missing = sorted(set(target) - set(state))
-        unexpected = sorted(set(state) - set(target))
-        wrong = sorted(k for k in set(state) & set(target) if state[k].shape != target[k].shape)
-        if missing or unexpected or wrong:
-            detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}") or f"shape mismatch {wrong[:3]}"
-            raise ValueError(f"teacher weights {path} do not fit a {self.backbone} branch: {detail}")
+        """Initialise both branches from one local backbone state dict (ImageNet Xception in
+        either key layout, ``kdbench.models.pretrained``); the projectors, RFAMs and fusion
+        head keep their seeded initialisation. A missing or mismatched file is an error."""
         for branch in (self.rgb, self.fre):
-            branch.net.load_state_dict(state, strict=False)
+            load_backbone(branch.net, path, self.backbone, "teacher")

@@ -227,7 +227,7 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
     # usage error (a bad option or dataset) leaves no record behind.
     size = cfg.train.image_size
     torch.manual_seed(cfg.seed)
-    student = build_student(cfg.student)
+    student = build_student(cfg.student, weights=cfg.student_weights)
     s_shapes = probe_shapes(student, size)
     teachers = teachers or TeacherCache()
     t_shapes = teachers.shapes(cfg)
@@ -251,7 +251,8 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         clock.lap("teacher")
         features, online_teacher, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         clock.lap("features")
-        log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student} on {cfg.dataset} "
+        pretrained = " (pretrained)" if cfg.student_weights else ""
+        log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student}{pretrained} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
                      distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,

@@ -13,7 +13,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +184,138 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
     return terms, diag
 
 
+class Best(NamedTuple):
+    """The epoch with the best validation accuracy so far, and the model's weights then."""
+    acc: float
+    epoch: int
+    val: dict[str, float]
+    state: dict[str, Tensor]
+
+
+@dataclass
+class TrainState:
+    """Everything a run carries from one epoch to the next, and so what its checkpoint holds:
+    ``to_dict`` writes it and ``load_dict`` reads it back, the one place both are spelled out."""
+    model: nn.Module
+    distiller: Distiller | None
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator
+    history: dict[str, Any] = field(default_factory=lambda: {"epochs": [], "diagnostics": []})
+    best: Best | None = None
+    epoch: int = -1  # the last finished epoch
+
+    @classmethod
+    def start(cls, model: nn.Module, distiller: Distiller | None, train: FrameSet, cfg: TrainConfig, seed: int,
+              rt: Runtime) -> TrainState:
+        """A fresh run: the distiller prepared for ``train``, Adam over the student's parameters (and
+        the distiller's student-side ones), StepLR, and the generator the batches are drawn with."""
+        if distiller is not None:
+            distiller.prepare(train.labels)  # per-sample state (CRD's memory bank) exists before a resume
+        extra = distiller.student_parameters() if distiller is not None else []
+        params = [*model.parameters(), *extra]
+        opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        return cls(model, distiller, params, opt, sched, torch.Generator().manual_seed(seed))
+
+    def to_dict(self, identity: str) -> dict[str, Any]:
+        assert self.best is not None, "a checkpoint is written after an epoch"
+        return {"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "distiller": self.distiller.state_dict() if self.distiller is not None else {},
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": self.history, "best_acc": self.best.acc, "best_epoch": self.best.epoch,
+                "best_val": self.best.val, "best_state": self.best.state}
+
+    def load_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from ``to_dict``'s output (checked by ``load_checkpoint``)."""
+        self.model.load_state_dict(state["model"])
+        if self.distiller is not None:
+            self.distiller.load_state_dict(state["distiller"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+        self.best = Best(state["best_acc"], state["best_epoch"], state["best_val"], state["best_state"])
+        self.epoch = state["epoch"]
+
+
+@dataclass
+class Loop:
+    """What stays the same across a run's epochs."""
+    cfg: TrainConfig
+    rt: Runtime
+    train: FrameSet
+    val: FrameSet
+    sources: dict[str, Tensor]  # the frames and the cached teacher taps, batched together
+    forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
+    online_teacher: Callable[[Tensor], dict[str, Tensor]] | None
+    watch: LossWatch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, bs = len(self.train), self.cfg.batch_size
+        return max(1, n // bs) if n % bs < 2 else n // bs + 1  # no batch of one (BN)
+
+
+def run_epoch(state: TrainState, loop: Loop, epoch: int, advance: Callable[[str | None], None]) -> dict[str, Any]:
+    """Train one epoch, step the schedule, validate; the epoch's row is added to the history
+    (and returned) and ``state.best`` follows the validation accuracy. ``advance(stats)`` is
+    called after each step (``stats``: a progress line, or None to keep the last one)."""
+    cfg, rt, model, distiller = loop.cfg, loop.rt, state.model, state.distiller
+    steps_per_epoch, bs, n = loop.steps_per_epoch, cfg.batch_size, len(loop.train)
+    model.train()
+    if distiller is not None:
+        distiller.train()
+    perm = torch.randperm(n, generator=state.gen)
+    global_batches = [perm[i * bs:(i + 1) * bs] for i in range(steps_per_epoch)]
+    batches = [rank_slice(b, rt) for b in global_batches]
+    sums: dict[str, Any] = {}
+    seen, t0 = 0, time.perf_counter()
+    stream = feed(loop.sources, batches, rt.device, depth=0 if rt.device.type == "cpu" else 2)
+    for i, (idx, batch) in enumerate(zip(batches, stream)):
+        step = epoch * steps_per_epoch + i
+        log = cfg.log_every > 0 and step % cfg.log_every == 0
+        x = to_input(batch.pop("frames"), rt)
+        y = loop.train.labels[idx].to(rt.device, non_blocking=True)  # non_blocking: no host sync
+        info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                        student_lr=state.opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
+                        batch_size=len(global_batches[i]))
+        feats = {**batch, **loop.online_teacher(x)} if loop.online_teacher is not None else batch
+        index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
+        terms, diag = train_step(loop.forward, distiller, state.opt, state.params, rt, x, y, feats, info, loop.watch,
+                                 index)
+        for k, v in terms.items():  # summed on the device: no host sync per step
+            sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
+        seen += len(idx)
+        if diag:
+            state.history["diagnostics"].append({"step": step, "epoch": epoch, **diag})
+        stats = None
+        if log or i == steps_per_epoch - 1:
+            rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
+            loss = float(sum(v.detach() for v in terms.values()))
+            stats = f"ep {epoch + 1}/{cfg.epochs} loss {loss:.4f} {rate:.0f} img/s"
+        advance(stats)
+    loop.watch.check()  # before validation and the checkpoint: a NaN run never saves its state
+    train_time = time.perf_counter() - t0  # the check above waited for the epoch's last step
+    state.sched.step()
+    average_buffers(model, rt)
+    val_metrics = evaluate(model, loop.val, cfg.eval_batch_size, rt)
+    row = {"epoch": epoch, "lr": state.opt.param_groups[0]["lr"], "train_time": train_time,
+           "eval_time": time.perf_counter() - t0 - train_time,
+           "img_per_s": seen * rt.world / max(train_time, 1e-9),
+           **{f"loss_{k}": float(v) / max(seen, 1) for k, v in sums.items()},
+           **{f"val_{k}": v for k, v in val_metrics.items()}}
+    state.history["epochs"].append(row)
+    if state.best is None or val_metrics["acc"] > state.best.acc:
+        state.best = Best(val_metrics["acc"], epoch, val_metrics, copy.deepcopy(model.state_dict()))
+    state.epoch = epoch
+    return row
+
+
 def fit(
     model: nn.Module,
     train: FrameSet,
@@ -209,102 +341,37 @@ def fit(
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
     the same ``identity`` the run resumes from it.
     """
-    if distiller is not None:
-        distiller.prepare(train.labels)  # per-sample state (CRD's memory bank) exists before a resume
-    extra = distiller.student_parameters() if distiller is not None else []
-    params = [*model.parameters(), *extra]
-    opt = make_optimizer(params, rt, cfg.lr, cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-    gen = torch.Generator().manual_seed(seed)
-    history: dict[str, Any] = {"epochs": [], "diagnostics": []}
-    best: tuple[float, int, dict[str, float], dict[str, Tensor]] | None = None
-    start_epoch = 0
+    state = TrainState.start(model, distiller, train, cfg, seed, rt)
     if checkpoint is not None and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, identity)
-        model.load_state_dict(state["model"])
-        if distiller is not None:
-            distiller.load_state_dict(state["distiller"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
-        best = (state["best_acc"], state["best_epoch"], state["best_val"], state["best_state"])
-        start_epoch = state["epoch"] + 1
-
-    n = len(train)
-    bs = cfg.batch_size
-    steps_per_epoch = max(1, n // bs) if n % bs < 2 else n // bs + 1  # no batch of one (BN)
+        state.load_dict(load_checkpoint(checkpoint, identity))
+    forward = compiled_step(model, distiller) if rt.compile else model
+    loop = Loop(cfg, rt, train, val, {"frames": train.images, **(features or {})}, forward, online_teacher,
+                LossWatch.for_run(rt, cfg.log_every))
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
-    forward = compiled_step(model, distiller) if rt.compile else model
-    sources = {"frames": train.images, **(features or {})}
-    watch = LossWatch.for_run(rt, cfg.log_every)
     with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
-        task = bar.add_task(label, total=(cfg.epochs - start_epoch) * steps_per_epoch, stats="")
-        last_val = ""  # the previous epoch's validation, shown beside the running loss
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            if distiller is not None:
-                distiller.train()
-            perm = torch.randperm(n, generator=gen)
-            global_batches = [perm[i * bs:(i + 1) * bs] for i in range(steps_per_epoch)]
-            batches = [rank_slice(b, rt) for b in global_batches]
-            sums: dict[str, float] = {}
-            seen, t0 = 0, time.perf_counter()
-            stream = feed(sources, batches, rt.device, depth=0 if rt.device.type == "cpu" else 2)
-            for i, (idx, batch) in enumerate(zip(batches, stream)):
-                step = epoch * steps_per_epoch + i
-                log = cfg.log_every > 0 and step % cfg.log_every == 0
-                x = to_input(batch.pop("frames"), rt)
-                y = train.labels[idx].to(rt.device, non_blocking=True)  # non_blocking: no host sync
-                info = StepInfo(step=step, epoch=epoch, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                                student_lr=opt.param_groups[0]["lr"], base_lr=cfg.lr, log=log,
-                                batch_size=len(global_batches[i]))
-                feats = {**batch, **online_teacher(x)} if online_teacher is not None else batch
-                index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
-                terms, diag = train_step(forward, distiller, opt, params, rt, x, y, feats, info, watch, index)
-                for k, v in terms.items():  # summed on the device: no host sync per step
-                    sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
-                seen += len(idx)
-                if diag:
-                    history["diagnostics"].append({"step": step, "epoch": epoch, **diag})
-                stats = None
-                if log or i == steps_per_epoch - 1:
-                    rate = seen * rt.world / max(time.perf_counter() - t0, 1e-9)
-                    loss = float(sum(v.detach() for v in terms.values()))
-                    stats = f"ep {epoch + 1}/{cfg.epochs} loss {loss:.4f} {rate:.0f} img/s{last_val}"
-                bar.update(task, advance=1, **({"stats": stats} if stats else {}))
-            watch.check()  # before validation and the checkpoint: a NaN run never saves its state
-            train_time = time.perf_counter() - t0  # the check above waited for the epoch's last step
-            sched.step()
-            average_buffers(model, rt)
-            val_metrics = evaluate(model, val, cfg.eval_batch_size, rt)
-            row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_time": train_time,
-                   "eval_time": time.perf_counter() - t0 - train_time,
-                   "img_per_s": seen * rt.world / max(train_time, 1e-9),
-                   **{f"loss_{k}": float(v) / max(seen, 1) for k, v in sums.items()},
-                   **{f"val_{k}": v for k, v in val_metrics.items()}}
-            history["epochs"].append(row)
-            last_val = f" | val acc {val_metrics['acc']:.2f} auc {val_metrics['auc']:.2f}"
-            bar.update(task, stats=f"ep {epoch + 1}/{cfg.epochs} done{last_val}")
-            if best is None or val_metrics["acc"] > best[0]:
-                best = (val_metrics["acc"], epoch, val_metrics, copy.deepcopy(model.state_dict()))
+        task = bar.add_task(label, total=(cfg.epochs - state.epoch - 1) * loop.steps_per_epoch, stats="")
+
+        last_val = [""]  # the previous epoch's validation, shown beside the running loss
+
+        def advance(stats: str | None) -> None:
+            bar.update(task, advance=1, **({"stats": stats + last_val[0]} if stats else {}))
+
+        for epoch in range(state.epoch + 1, cfg.epochs):
+            row = run_epoch(state, loop, epoch, advance)
+            last_val[0] = f" | val acc {row['val_acc']:.2f} auc {row['val_auc']:.2f}"
+            bar.update(task, stats=f"ep {epoch + 1}/{cfg.epochs} done{last_val[0]}")
             if checkpoint is not None and rt.is_main:
-                saver.save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch,
-                             "model": model.state_dict(),
-                             "distiller": distiller.state_dict() if distiller is not None else {},
-                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                             "history": history, "best_acc": best[0], "best_epoch": best[1],
-                             "best_val": best[2], "best_state": best[3]}, checkpoint)
+                saver.save(state.to_dict(identity), checkpoint)
             if on_epoch is not None:
                 on_epoch(row)
 
+    best = state.best
     assert best is not None, "no epoch ran"
-    model.load_state_dict(best[3])  # selected on validation; test is evaluated once, here
+    model.load_state_dict(best.state)  # selected on validation; test is evaluated once, here
     test_metrics = evaluate(model, test, cfg.eval_batch_size, rt)
-    return FitResult(best_epoch=best[1], val=best[2], test=test_metrics, history=history, best_state=best[3])
+    return FitResult(best_epoch=best.epoch, val=best.val, test=test_metrics, history=state.history,
+                     best_state=best.state)
 
 
 def load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
