@@ -8,12 +8,9 @@ from typing import Any, Optional
 import typer
 
 from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
-                                WorkdirOpt, cell_options, check_choice, check_names, cli_errors, out, results_store,
-                                split_list, workspace)
-from kdbench.config import ConfigError
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, TeacherWeightsOpt, WorkdirOpt,
-                                cell_options, check_choice, check_names, cli_errors, find_run, log, out,
+                                WorkdirOpt, cell_options, check_choice, check_names, cli_errors, find_run, log, out,
                                 results_store, split_list, workspace)
+from kdbench.config import ConfigError
 
 TABLES = (1, 3, 4, 5, 6, 7)
 FORMATS = ("rich", "markdown", "latex", "csv")

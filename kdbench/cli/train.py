@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, LogOpt, PrecisionOpt,
                                 ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
@@ -67,8 +66,6 @@ def run(
     if print_config:
         print_resolved(cfg)
         return
-    from kdbench.io import locked
-
     ws = workspace(workdir)
     store = results_store(ws.store_path)
     done = store.get(cfg.hash)
