@@ -21,15 +21,20 @@ _EXPORTS = {
     "HParam": "kdbench.distiller",
     "StepInfo": "kdbench.distiller",
     "branch_taps": "kdbench.distiller",
+    "Resolver": "kdbench.resolver",
+    "ResolverError": "kdbench.resolver",
     "hookimpl": "kdbench.hookspecs",
     "available_distillers": "kdbench.plugins",
     "create_distiller": "kdbench.plugins",
+    "available_resolvers": "kdbench.plugins",
+    "create_resolver": "kdbench.plugins",
 }
 
 if TYPE_CHECKING:
     from kdbench.distiller import BRANCHES, Distiller, DistillerError, HParam, StepInfo, branch_taps
     from kdbench.hookspecs import hookimpl
-    from kdbench.plugins import available_distillers, create_distiller
+    from kdbench.plugins import available_distillers, available_resolvers, create_distiller, create_resolver
+    from kdbench.resolver import Resolver, ResolverError
 
 
 def __getattr__(name: str) -> Any:

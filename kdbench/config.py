@@ -22,9 +22,10 @@ PROFILES = ("smoke", "cpu", "paper", "gpu128")
 PIPELINE_CHECK = "pipeline check, not a benchmark"
 SEED_MAX = 2**63 - 1  # the store keeps seeds as SQLite integers
 # the sections a config file may hold; a profile may also hold per-dataset overrides
-CONFIG_KEYS = ("description", "train", "teacher", "student", "hp", "data", "log")  # log: loggers, never hashed
+CONFIG_KEYS = ("description", "train", "teacher", "student", "hp", "data", "resolver", "resolver_hp",
+               "log")  # log: loggers, never hashed
+SCALAR_KEYS = {"description", "resolver", "log", "pipeline_check"}  # the keys that are not tables
 PROFILE_KEYS = (*CONFIG_KEYS, "dataset", "pipeline_check")
-SCALAR_KEYS = ("description", "log", "pipeline_check")  # the keys that are not tables
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,8 @@ class RunConfig:
     data: Mapping[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    resolver: str = "none"  # gradient-conflict resolver of Both mode (kdbench.resolver)
+    resolver_hp: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +99,8 @@ class RunConfig:
         del data["student_weights"]
         if data["student_weights_sha256"] is None:  # absent, as before the option: hashes unchanged
             del data["student_weights_sha256"]
+        if data["resolver"] == "none":  # the plain sum, as before resolvers existed: those hashes are unchanged
+            del data["resolver"], data["resolver_hp"]
         return data
 
     @property
@@ -194,7 +199,7 @@ def check_sections(data: Mapping[str, Any], where: str, allowed: tuple[str, ...]
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown section {', '.join(map(repr, unknown))} in {where}; valid: {', '.join(allowed)}")
-    for key in set(data) - set(SCALAR_KEYS):
+    for key in set(data) - SCALAR_KEYS:
         if not isinstance(data[key], Mapping):
             raise ConfigError(f"{where}: {key!r} must be a table/mapping, got {data[key]!r}")
 
@@ -222,6 +227,8 @@ def resolve(
     config: Mapping[str, Any] | None = None,
     test_data: Mapping[str, Any] | None = None,
     student_weights: str | None = None,
+    resolver: str | None = None,
+    resolver_hp: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """Profile, then the profile's per-dataset section, then a config file, then explicit options.
     Student weights: ``student_weights``, else a layer's ``[student] weights``."""
@@ -235,6 +242,7 @@ def resolve(
     hp_all: dict[str, Any] = {}
     data_cfg: dict[str, Any] = {}
     layer_student_weights = None
+    resolver_name, resolver_layers = "none", []
     for layer, layer_data in ((prof, prof.get("data", {}).get(dataset, {})),
                               (per_dataset, per_dataset.get("data", {})),
                               (config, config.get("data", {}).get(dataset, {}))):
@@ -243,6 +251,8 @@ def resolve(
         hp_all.update(layer.get("hp", {}).get(method, {}))
         data_cfg.update(layer_data)
         layer_student_weights = _student_section(layer).get("weights", layer_student_weights)
+        resolver_name = layer.get("resolver", resolver_name)
+        resolver_layers.append(layer.get("resolver_hp", {}))
     train_cfg = _apply(train_cfg, dict(train or {}), "train")
     teacher_cfg = _apply(teacher_cfg, dict(teacher or {}), "teacher")
     hp_all.update(hp or {})
@@ -260,12 +270,17 @@ def resolve(
         student_weights, student_sha = str(path.resolve()), file_sha256(path)
     resolved_mode = resolve_mode(method, mode)
     hp_full = resolve_hp(method, hp_all)
+    # a config file's resolver applies to its Both-mode runs (an RGB run has nothing to combine);
+    # one asked for by name (--resolver) must be usable
+    resolver_name = resolver or (resolver_name if resolved_mode == "both" else "none")
+    rhp_all = {k: v for layer in resolver_layers for k, v in layer.get(resolver_name, {}).items()}
+    rhp_full = resolve_resolver(resolver_name, resolved_mode, method, {**rhp_all, **(resolver_hp or {})})
     cross = test_dataset if test_dataset != dataset else None
     cross_data = {**prof.get("data", {}).get(cross, {}), **(test_data or {})} if cross else {}
     return RunConfig(method=method, mode=resolved_mode, student=student, student_weights=student_weights,
                      student_weights_sha256=student_sha, dataset=dataset, test_dataset=cross,
                      test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
-                     teacher=teacher_cfg)
+                     teacher=teacher_cfg, resolver=resolver_name, resolver_hp=rhp_full)
 
 
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -306,7 +321,7 @@ def check_layers(profile: str, prof: Mapping[str, Any], config: Mapping[str, Any
     section, a method or a dataset name is an error listing the valid choices."""
     from kdbench.data.registry import dataset_builders
     from kdbench.distiller import resolve_hparams
-    from kdbench.plugins import available_distillers, get_distiller_class
+    from kdbench.plugins import available_distillers, available_resolvers, get_distiller_class
 
     datasets = dataset_builders()
     check_sections(prof, f"profile {profile}", PROFILE_KEYS)
@@ -317,6 +332,9 @@ def check_layers(profile: str, prof: Mapping[str, Any], config: Mapping[str, Any
         check_sections(layer, where, PROFILE_KEYS if layer is prof else CONFIG_KEYS)
         check_names(layer.get("hp", {}), "hp", "method", available_distillers())
         check_names(layer.get("data", {}), "data", "dataset", datasets)
+        check_names(layer.get("resolver_hp", {}), "resolver_hp", "resolver", available_resolvers())
+        if "resolver" in layer and not isinstance(layer["resolver"], str):
+            raise ConfigError(f"{where}: resolver must be a name, got {layer['resolver']!r}")
         for method, values in layer.get("hp", {}).items():
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{where}: [hp.{method}] must be a table/mapping")
@@ -341,6 +359,18 @@ def resolve_hp(method: str, hp: Mapping[str, Any]) -> dict[str, Any]:
     from kdbench.plugins import get_distiller_class
 
     return resolve_hparams(get_distiller_class(method), hp)
+
+
+def resolve_resolver(name: str, mode: str, method: str, hp: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolver's hyper-parameters, defaults filled in; a resolver needs Both mode (two terms)."""
+    from kdbench.distiller import resolve_hparams
+    from kdbench.plugins import get_resolver_class
+
+    cls = get_resolver_class(name)
+    if name != "none" and mode != "both":
+        raise ConfigError(f"resolver {name!r} combines the two branches' KD gradients of Both mode; "
+                          f"method {method!r} runs in mode {mode!r}")
+    return resolve_hparams(cls, hp)
 
 
 def parse_hp(items: list[str]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Contract checks for any installed distiller (``kdbench plugins check NAME``).
+"""Contract checks for any installed distiller or resolver (``kdbench plugins check NAME``).
 
 Each check builds the distiller the way the trainer does (shapes probed from
 a real student and a small teacher) and verifies one promise of the plugin
@@ -19,7 +19,8 @@ from kdbench.distiller import Distiller, StepInfo, reduce_taps
 from kdbench.models.students import STUDENTS, build_student
 from kdbench.models.taps import TappedModel, probe_shapes
 from kdbench.models.teacher import DualBranchTeacher
-from kdbench.plugins import get_distiller_class
+from kdbench.plugins import get_distiller_class, get_resolver_class
+from kdbench.resolver import Resolver
 
 IMAGE_SIZE = 48
 
@@ -183,9 +184,67 @@ def check_one(cls: type[Distiller], mode: str, student: str, bench: Bench, resul
         results.append(CheckResult(student, mode, "builds from probed shapes", False, f"{type(exc).__name__}: {exc}"))
         return
     results.append(CheckResult(student, mode, "builds from probed shapes", True))
+
+
+def _resolver_cases() -> dict[str, Tensor]:
+    """(2, D) gradient pairs a resolver meets: random, conflicting, aligned, exactly opposite,
+    one branch silent, both silent."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 64, generator=gen)
+    return {"random": torch.stack([a, b]), "conflicting": torch.stack([a, -0.5 * a + 0.1 * b]),
+            "aligned": torch.stack([a, 2 * a]), "opposite": torch.stack([a, -a]),
+            "one zero": torch.stack([a, torch.zeros_like(a)]), "both zero": torch.zeros(2, 64)}
+
+
+def _resolver_checks(cls: type[Resolver]) -> Iterator[tuple[str, Callable[[], str | None]]]:
+    r = cls()
+    cases = _resolver_cases()
+
+    def shape_and_finite() -> str | None:
+        for case, g in cases.items():
+            out = r.resolve(g.clone())
+            if not isinstance(out, Tensor) or out.shape != g.shape or out.dtype != g.dtype:
+                return f"{case}: expected a {tuple(g.shape)} {g.dtype} tensor, got {getattr(out, 'shape', type(out))}"
+            if not bool(torch.isfinite(out).all()):
+                return f"{case}: non-finite output"
+        return None
+
+    def input_untouched() -> str | None:
+        g = cases["conflicting"]
+        before = g.clone()
+        r.resolve(g)
+        return None if torch.equal(g, before) else "resolve() changed its input in place"
+
+    def descent() -> str | None:
+        for case, g in cases.items():
+            total, out = g.sum(0), r.resolve(g.clone()).sum(0)
+            if float(out @ total) < -1e-6 * float(total.norm() * out.norm()):
+                return f"{case}: the applied gradient increases the summed KD loss to first order"
+        return None
+
+    def deterministic() -> str | None:
+        g = cases["random"]
+        return None if torch.equal(r.resolve(g.clone()), r.resolve(g.clone())) else "two calls on one input differ"
+
+    yield from (("(T, D) in, (T, D) finite out", shape_and_finite), ("input untouched", input_untouched),
+                ("a descent direction of the summed terms", descent), ("deterministic", deterministic))
+
+
+def check_resolver(name: str) -> list[CheckResult]:
+    """The contract checks of a resolver (``kdbench plugins check NAME``); never raises for plugin faults."""
+    try:
+        cls = get_resolver_class(name)
+        checks = list(_resolver_checks(cls))
+    except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build
+        return [CheckResult("-", "both", "builds with its defaults", False, f"{type(exc).__name__}: {exc}")]
+    results = [CheckResult("-", "both", "builds with its defaults", True)]
     for check_name, check in checks:
         try:
             problem = check()
         except Exception as exc:  # noqa: BLE001
             problem = f"{type(exc).__name__}: {exc}"
         results.append(CheckResult(student, mode, check_name, problem is None, problem or ""))
+
+
+        results.append(CheckResult("-", "both", check_name, problem is None, problem or ""))
+    return results

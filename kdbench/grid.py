@@ -15,9 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from kdbench.config import ConfigError, RunConfig, load_config_file, resolve
+from kdbench.config import ConfigError, RunConfig, load_config_file, resolve, resolve_mode
 
-BUILTIN_SPECS = ("table3", "table3x", "table4", "table5", "table6", "table7", "fig3")
+BUILTIN_SPECS = ("table3", "table3x", "table4", "table5", "table6", "table7", "fig3", "resolvers")
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,15 @@ def expand(
     data: dict[str, Any] | None = None,
     test_data: dict[str, Any] | None = None,
     student_weights: str | None = None,
+    resolver: str | None = None,
 ) -> list[Cell]:
     """All cells of spec ``name``; options narrow or replace the spec's own lists.
 
     ``student_weights`` (or a config's ``[student] weights``) go to the cells of groups with
     ``pretrained_student = true`` (a group's key, else the spec's), and only to those: the paper's
-    Tables 4 and 7 start the student from ImageNet weights, its Table 3 does not."""
+    Tables 4 and 7 start the student from ImageNet weights, its Table 3 does not. ``resolver``
+    replaces the spec's resolvers; a group's or this one applies to its Both-mode cells only
+    (an RGB cell has nothing to combine)."""
     spec_name, spec = load_spec(name)
     groups = spec.get("group") or []
     if not groups:
@@ -78,19 +81,24 @@ def expand(
         test_sets = list(group.get("test_datasets") or spec.get("test_datasets") or [None])
         sweep = group.get("sweep", {})
         keys = list(sweep)
+        group_resolvers = _listify(group.get("resolvers", [None]))
         pretrained = bool(group.get("pretrained_student", spec.get("pretrained_student", False)))
         for method in _listify(group.get("methods", [])):
             if methods and method not in methods:
                 continue
-            for mode, student, dataset, test_ds, values, seed in itertools.product(
-                _listify(group.get("modes", [None])), group_students, group_datasets, test_sets,
+            for mode, res, student, dataset, test_ds, values, seed in itertools.product(
+                _listify(group.get("modes", [None])), group_resolvers, group_students, group_datasets, test_sets,
                 itertools.product(*(_listify(sweep[k]) for k in keys)), seeds,
             ):
                 variant = dict(zip(keys, values))
+                res = resolver if resolver is not None else res
+                if res is not None and resolve_mode(method, mode) != "both":
+                    res = None  # an RGB cell has nothing to combine: the plain cell, once (deduplicated below)
                 cfg = resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile,
                               seed=seed, hp={**group.get("hp", {}), **variant}, config=config, teacher=teacher,
                               test_dataset=test_ds, data=data, test_data=test_data,
-                              student_weights=student_weights if pretrained else None)
+                              student_weights=student_weights if pretrained else None, resolver=res,
+                              resolver_hp=group.get("resolver_hp", {}).get(res, {}) if res else None)
                 if not pretrained and cfg.student_weights:  # a config file's [student] weights
                     cfg = replace(cfg, student_weights=None, student_weights_sha256=None)
                 if cfg.hash in seen:
@@ -169,7 +177,8 @@ def run_grid(cells: Sequence[Cell], run_cell: Callable[[Cell], Any], is_done: Ca
     start = time.perf_counter()
     for n, cell in enumerate(todo, 1):
         c = cell.cfg
-        log(f"[{n}/{len(todo)}] {c.method}/{c.mode} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip())
+        via = f"+{c.resolver}" if c.resolver != "none" else ""
+        log(f"[{n}/{len(todo)}] {c.method}/{c.mode}{via} {c.student} {c.dataset} seed {c.seed} {cell.variant or ''}".rstrip())
         t0 = time.perf_counter()
         try:
             rec = run_cell(cell)

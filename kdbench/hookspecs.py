@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from kdbench.distiller import Distiller
+    from kdbench.resolver import Resolver
 
 PROJECT = "kdbench"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -23,6 +24,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 @hookspec
 def kdbench_distillers() -> list[type[Distiller]]:
     """Distiller classes this plugin provides."""
+
+
+@hookspec
+def kdbench_resolvers() -> list[type[Resolver]]:
+    """Gradient-conflict resolver classes this plugin provides (``kdbench.resolver``)."""
 
 
 @hookspec

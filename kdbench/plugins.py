@@ -5,7 +5,7 @@ is called through one isolating call (``_call``): a plugin that fails to import
 (even with ``sys.exit()``), whose hook raises or returns something of the wrong
 kind, is recorded with its error, named in a one-line ``PluginWarning`` and in
 ``kdbench plugins``, and skipped; the rest keeps working. The hooks that provide
-things (distillers, students, datasets) are called once, when the registry is built.
+things (distillers, resolvers, students, datasets) are called once, when the registry is built.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pluggy
 
 from kdbench import hookspecs
 from kdbench.distiller import MODES, Distiller, DistillerError, Shape
+from kdbench.resolver import Resolver, ResolverError
 
 ENTRY_POINT_GROUP = "kdbench"
 
@@ -32,6 +33,8 @@ class PluginRegistry:
     distillers: dict[str, type[Distiller]] = field(default_factory=dict)
     providers: dict[str, str] = field(default_factory=dict)  # distiller name -> distribution
     errors: dict[str, str] = field(default_factory=dict)  # plugin name -> one-line error
+    resolvers: dict[str, type[Resolver]] = field(default_factory=dict)  # from kdbench_resolvers
+    resolver_providers: dict[str, str] = field(default_factory=dict)  # resolver name -> distribution
     students: dict[str, Callable[..., Any]] = field(default_factory=dict)  # from kdbench_students
     datasets: dict[str, Callable[..., Any]] = field(default_factory=dict)  # from kdbench_datasets
 
@@ -84,6 +87,31 @@ def _validate(cls: Any) -> str | None:
     return None
 
 
+def _validate_resolver(cls: Any) -> str | None:
+    if not (isinstance(cls, type) and issubclass(cls, Resolver)):
+        return f"{cls!r} is not a kdbench.Resolver subclass"
+    if not cls.name or not isinstance(cls.name, str):
+        return f"{cls.__name__} has no 'name'"
+    if cls.resolve is Resolver.resolve:
+        return f"{cls.__name__} does not implement resolve()"
+    return None
+
+
+def _collect(reg: PluginRegistry, hook: str, validate: Callable[[Any], str | None], kind: str,
+             into: dict[str, Any], providers: dict[str, str], dists: Mapping[str, str]) -> None:
+    """The classes every healthy plugin's ``hook`` returns, validated, into ``into`` by name."""
+    for plugin, classes in _call(reg, hook, expect=(list, tuple)):
+        for cls in classes or []:
+            problem = validate(cls)
+            if problem is None and cls.name in into:
+                problem = f"{kind} name {cls.name!r} already provided by {providers[cls.name]}"
+            if problem:
+                reg.broken(plugin, problem)
+                continue
+            into[cls.name] = cls
+            providers[cls.name] = dists.get(plugin, plugin)
+
+
 def build_registry(group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
     """Load every entry point of ``group`` into a fresh plugin manager."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -100,16 +128,8 @@ def build_registry(group: str = ENTRY_POINT_GROUP) -> PluginRegistry:
             reg.broken(ep.name, _one_line(exc))
             continue
         dists[ep.name] = ep.dist.name if ep.dist else "?"
-    for plugin, classes in _call(reg, "kdbench_distillers", expect=(list, tuple)):
-        for cls in classes or []:
-            problem = _validate(cls)
-            if problem is None and cls.name in reg.distillers:
-                problem = f"distiller name {cls.name!r} already provided by {reg.providers[cls.name]}"
-            if problem:
-                reg.broken(plugin, problem)
-                continue
-            reg.distillers[cls.name] = cls
-            reg.providers[cls.name] = dists.get(plugin, plugin)
+    _collect(reg, "kdbench_distillers", _validate, "distiller", reg.distillers, reg.providers, dists)
+    _collect(reg, "kdbench_resolvers", _validate_resolver, "resolver", reg.resolvers, reg.resolver_providers, dists)
     for hook, into in (("kdbench_students", reg.students), ("kdbench_datasets", reg.datasets)):
         for _, provided in _call(reg, hook, expect=Mapping):
             into.update({k: v for k, v in (provided or {}).items() if k not in into})
@@ -145,6 +165,25 @@ def create_distiller(
 ) -> Distiller:
     """Build the distiller ``name`` for ``mode`` from probed tap shapes."""
     return get_distiller_class(name)(mode, student_shapes, teacher_shapes, **hparams)
+
+
+def available_resolvers() -> dict[str, type[Resolver]]:
+    """Installed gradient-conflict resolvers by CLI name."""
+    return dict(registry().resolvers)
+
+
+def get_resolver_class(name: str) -> type[Resolver]:
+    reg = registry()
+    if name in reg.resolvers:
+        return reg.resolvers[name]
+    if name in reg.errors:
+        raise ResolverError(f"resolver plugin {name!r} is broken: {reg.errors[name]}")
+    raise ResolverError(f"unknown resolver {name!r}; choose one of: {', '.join(sorted(reg.resolvers))}")
+
+
+def create_resolver(name: str, **hparams: Any) -> Resolver:
+    """Build the resolver ``name`` with hyper-parameter overrides."""
+    return get_resolver_class(name)(**hparams)
 
 
 def emit(event: str, run: dict[str, Any], payload: dict[str, Any]) -> None:

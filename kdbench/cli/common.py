@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 USAGE_ERRORS = (("kdbench.config", "ConfigError"), ("kdbench.distiller", "DistillerError"),
-                ("kdbench.data.registry", "DatasetError"))
+                ("kdbench.resolver", "ResolverError"), ("kdbench.data.registry", "DatasetError"))
 WORK_ERRORS = (("kdbench.store", "StoreError"), ("kdbench.train.trainer", "TrainingError"),
                ("kdbench.train.teacher_cache", "CacheError"))
 
@@ -138,22 +138,24 @@ def check_names(students: Sequence[str] = (), datasets: Sequence[str] = ()) -> N
 def build_config(method: str, mode: Optional[str], student: str, dataset: str, profile: str, seed: int,
                  hp: list[str], config: Optional[Path], teacher_weights: Optional[Path], epochs: Optional[int],
                  test_dataset: Optional[str] = None, data: Optional[dict[str, Any]] = None,
-                 test_data: Optional[dict[str, Any]] = None, student_weights: Optional[Path] = None) -> RunConfig:
+                 test_data: Optional[dict[str, Any]] = None, student_weights: Optional[Path] = None,
+                 resolver: Optional[str] = None, resolver_hp: Sequence[str] = ()) -> RunConfig:
     check_names([student], [d for d in (dataset, test_dataset) if d])
     file_cfg = load_config_file(config) if config else None
     teacher = {"weights": str(teacher_weights)} if teacher_weights else {}
     train = {"epochs": epochs} if epochs is not None else {}  # 0 is a value (refused), not "unset"
     return resolve(method=method, mode=mode, student=student, dataset=dataset, profile=profile, seed=seed,
                    hp=parse_hp(hp), config=file_cfg, teacher=teacher, train=train, test_dataset=test_dataset,
-                   data=data, test_data=test_data, student_weights=str(student_weights) if student_weights else None)
+                   data=data, test_data=test_data, student_weights=str(student_weights) if student_weights else None,
+                   resolver=resolver, resolver_hp=parse_hp(list(resolver_hp)))
 
 
 def cell_options(config: Optional[Path], teacher_weights: Optional[Path], data: list[str],
                  data_root: Optional[Path] = None, test_data_root: Optional[Path] = None,
-                 student_weights: Optional[Path] = None) -> dict[str, Any]:
+                 student_weights: Optional[Path] = None, resolver: Optional[str] = None) -> dict[str, Any]:
     """The options besides profile, students and datasets that define a grid's cells:
     `kdbench grid` runs them, `kdbench table`/`figure` look the same cells up."""
-    return {"config": load_config_file(config) if config else None,
+    return {"config": load_config_file(config) if config else None, "resolver": resolver,
             "teacher": {"weights": str(teacher_weights)} if teacher_weights else None,
             "data": data_options(data, data_root), "test_data": data_options([], test_data_root),
             "student_weights": str(student_weights) if student_weights else None}
@@ -232,4 +234,6 @@ PrecisionOpt = typer.Option("auto", "--precision", help="auto | fp32 | bf16 (aut
 LOGGERS = ("tensorboard",)
 LogOpt = typer.Option([], "--log", help="Also log to: tensorboard (repeatable; event files under the run's "
                       "folder; a config file's `log = [...]` does the same). Never part of the run hash.")
+ResolverOpt = typer.Option(None, "--resolver", help="Gradient-conflict resolver of Both mode: none | pcgrad | "
+                           "cagrad (see `kdbench plugins`); in a grid or table, every Both-mode cell's.")
 CompileOpt = typer.Option(False, "--compile", help="torch.compile the student and the distiller's loss.")

@@ -7,12 +7,12 @@ from typing import Any, Optional
 
 import typer
 
-from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
-                                WorkdirOpt, cell_options, check_choice, check_names, cli_errors, find_run, log, out,
-                                results_store, split_list, workspace)
+from kdbench.cli.common import (ConfigOpt, DataOpt, DatasetsOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt, WorkdirOpt, cell_options, check_choice, check_names, cli_errors,
+                                find_run, log, out, results_store, split_list, workspace)
 from kdbench.config import ConfigError
 
-TABLES = (1, 3, 4, 5, 6, 7)
+TABLES = ("1", "3", "4", "5", "6", "7", "resolvers")
 FORMATS = ("rich", "markdown", "latex", "csv")
 SeedsOpt = typer.Option(None, "--seeds", help="Comma-separated seeds to keep (default: all found).")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose runs to show (default: every profile "
@@ -21,13 +21,14 @@ ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose runs to s
 
 @cli_errors
 def table(
-    number: int = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7."),
+    number: str = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7 | resolvers (the resolvers spec)."),
     fmt: str = typer.Option("rich", "--format", help="rich | markdown | latex | csv."),
     profile: Optional[str] = ProfileOpt,
     students: Optional[str] = StudentsOpt,
     datasets: Optional[str] = DatasetsOpt,
     seeds: Optional[str] = SeedsOpt,
-    metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6)."),
+    metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6, resolvers); cos (resolvers: "
+                               "Fig. 4's cosine before/after resolution)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
     spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
                                                             "(table3x: every built-in distiller in each mode)."),
@@ -35,20 +36,22 @@ def table(
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
+    resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
-    """Render Table 1 (from the models) or Tables 3-7 (from the results store).
+    """Render Table 1 (from the models) or Tables 3-7 and the resolvers table (from the results store).
 
     Without --profile, every profile that holds runs for the table is shown (csv: the first,
     the others named on stderr)."""
     from kdbench.grid import parse_seeds
 
-    check_choice("table", number, TABLES)
+    if number not in TABLES:  # the message names it as typed: unknown table 2
+        raise ConfigError(f"unknown table {number}; choose one of: {', '.join(TABLES)}")
     check_choice("format", fmt, FORMATS)
-    check_choice("metric", metric, ("acc", "auc"))
-    if spec is not None and number != 3:
+    check_choice("metric", metric, ("acc", "auc", "cos") if number == "resolvers" else ("acc", "auc"))
+    if spec is not None and number != "3":
         raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
-    if number == 1:
+    if number == "1":
         from kdbench.report.complexity import table1_grid
 
         emit(table1_grid(paper), fmt)
@@ -57,9 +60,10 @@ def table(
 
     check_names(split_list(students) or [])
     store = open_store(workspace(workdir))
-    grids = build_tables(number, store, profile, students=split_list(students), datasets=split_list(datasets),
+    grids = build_tables(int(number) if number.isdigit() else number, store, profile, students=split_list(students), datasets=split_list(datasets),
                          seeds=parse_seeds(seeds) if seeds else None, metric=metric, paper=paper,
-                         options=cell_options(config, teacher_weights, data, student_weights=student_weights), spec=spec)
+                         options=cell_options(config, teacher_weights, data, student_weights=student_weights,
+                                              resolver=resolver), spec=spec)
     if fmt == "csv" and len(grids) > 1:
         others = ", ".join(g.profile for g in grids[1:])
         log(f"csv shows profile {grids[0].profile}; runs of {others} hold this table too: pass --profile NAME")
@@ -85,6 +89,7 @@ def figure(
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
     data: list[str] = DataOpt,
+    resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
     """Draw Figure 3 or 4, or the training curves of runs, from the results store as PNG; print the paths.
@@ -97,32 +102,6 @@ def figure(
     check_choice("figure", name, [*map(str, FIGURES), "curves"])
     ws = workspace(workdir)
     store = open_store(ws)
-    folder = out_dir or ws.root / "figures"
-    if name == "curves":
-        if not hashes:
-            raise ConfigError("figure curves needs one or more run hashes (see `kdbench results`)")
-        typer.echo(str(training_curves([find_run(store, h) for h in hashes], folder)))
-        return
-    if hashes:
-        raise ConfigError(f"figure {name} takes no run hashes (only `figure curves` does)")
-    check_names(split_list(students) or [])
-    draw = FIGURES[int(name)]
-    args = (split_list(students), split_list(datasets), parse_seeds(seeds) if seeds else None,
-            cell_options(config, teacher_weights, data, student_weights=student_weights))
-    if profile is not None:
-        typer.echo(str(draw(store, folder, profile, *args)))
-        return
-    held = sorted(stored_profiles(store), key=profile_rank) or list(PROFILE_ORDER[2:3])
-    drawn = []
-    for prof in held:
-        try:
-            drawn.append(draw(store, folder, prof, *args))
-        except NoDataError as exc:
-            last = exc
-    if not drawn:
-        raise last
-    for path in drawn:
-        typer.echo(str(path))
 
 
 def open_store(ws: Any) -> Any:

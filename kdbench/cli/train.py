@@ -10,9 +10,10 @@ import typer
 from rich.table import Table
 
 from kdbench.cli.common import (CompileOpt, ConfigOpt, DataOpt, DataRootOpt, DatasetsOpt, DeviceOpt, LogOpt, PrecisionOpt,
-                                ProfileOpt, RandomInitOpt, StudentsOpt, StudentWeightsOpt, TeacherWeightsOpt,
-                                TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names, cli_errors,
-                                console, data_options, escape, log, loggers, out, require_pretrained, results_store,
+                                ProfileOpt, RandomInitOpt, ResolverOpt, StudentsOpt, StudentWeightsOpt,
+                                TeacherWeightsOpt, TestDataRootOpt, WorkdirOpt, build_config, cell_options, check_names,
+                                cli_errors, console, data_options, escape, log, loggers, out, require_pretrained,
+                                results_store,
                                 split_list, workspace)
 from kdbench.config import ConfigError
 
@@ -41,6 +42,9 @@ def run(
     alpha: Optional[float] = typer.Option(None, "--alpha", help="TOKD: distillation weight alpha."),
     no_rotation: bool = typer.Option(False, "--no-rotation", help="TOKD: switch the rotation module off."),
     no_projector: bool = typer.Option(False, "--no-projector", help="TOKD: direct matching through a 1x1 adapter."),
+    resolver: Optional[str] = ResolverOpt,
+    resolver_hp: list[str] = typer.Option([], "--resolver-hp", help="Resolver hyper-parameter key=value, "
+                                          "e.g. c=0.4 for cagrad (repeatable)."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
@@ -60,7 +64,8 @@ def run(
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
     cfg = build_config(method, mode, student, dataset, profile, seed, hp, config, teacher_weights, epochs, test_dataset,
-                       data_options(data, data_root), data_options([], test_data_root), student_weights)
+                       data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
+                       resolver_hp)
     require_pretrained(cfg, random_init)
     chosen_loggers = loggers(log_to, config)
     if print_config:
@@ -120,6 +125,7 @@ def grid(
     students: Optional[str] = StudentsOpt,
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods to keep."),
     datasets: Optional[str] = DatasetsOpt,
+    resolver: Optional[str] = ResolverOpt,
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
@@ -148,7 +154,8 @@ def grid(
     check_names(split_list(students) or [], split_list(datasets) or [])
     cells = expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
                    datasets=split_list(datasets), seeds=parse_seeds(seeds),
-                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights))
+                   **cell_options(config, teacher_weights, data, data_root, test_data_root, student_weights,
+                                 resolver))
     if student_weights and not any(cell.pretrained_student for cell in cells):
         raise ConfigError(f"grid {spec} has no cell that the paper ran with a pretrained student (table4 and table7 "
                           "do; Table 3's students start from random weights): drop --student-weights")

@@ -373,12 +373,66 @@ def table7(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
 BUILDERS = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7}
 SPECS = {3: "table3", 4: "table4", 5: "table5", 6: "table6", 7: "table7"}
 PROFILE_ORDER = ("paper", "gpu128", "cpu", "smoke")  # with no --profile: benchmarks first, the pipeline check last
+RESOLVER_NAMES = {"none": "Both", "pcgrad": "Both + PCGrad", "cagrad": "Both + CAGrad"}
+RESOLVER_MARK_NOTE = ("Mark on a resolver vs Both (the plain sum, `none`): ↑/↓ when the difference of the means "
+                      "exceeds one standard error of it (sqrt(s1²/n1 + s2²/n2)); ≈ within it; ? with a single seed.")
 
 
-def build_table(number: int, store: ResultsStore, profile: str = "cpu", students: Sequence[str] | None = None,
+def late_cosine(key: str) -> Callable[[RunRecord], Any]:
+    """The mean of a logged cosine over the second half of a run's steps (Fig. 4's late regime)."""
+    def get(rec: RunRecord) -> Any:
+        diags = rec.history["diagnostics"]
+        last = max(d["step"] for d in diags)
+        return sum(vals) / len(vals) if (vals := [d[key] for d in diags if d["step"] >= last / 2 and key in d]) \
+            else None
+    return get
+
+
+def resolvers_table(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+                    metric: str = "acc", paper: bool = False) -> Grid:
+    """Rows dataset x student x distiller; one column per resolver of the ``resolvers`` spec, each
+    marked against the plain sum. ``metric="cos"``: Fig. 4's cosine over the second half of
+    training instead, before resolution for `none` and after it for the others (no marks)."""
+    cells = look.cells("resolvers", profile=profile, students=students, datasets=datasets)
+    cos = metric == "cos"
+    get = (lambda c: late_cosine("grad_cos" if c.cfg.resolver == "none" else "grad_cos_resolved")) if cos \
+        else (lambda c: test_metric(metric))
+    stats = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.resolver): look.stat(c, get(c)) for c in cells}
+    methods = [m for m in METHOD_ORDER if any(k[2] == m for k in stats)]
+    methods += ordered(k[2] for k in stats if k[2] not in methods)
+    resolvers = ordered(c.cfg.resolver for c in cells)
+    header = ["Dataset", "Student", "Distiller", *(RESOLVER_NAMES.get(r, f"Both + {r}") for r in resolvers)]
+    rows: list[list[Entry]] = []
+    for ds in ordered(c.cfg.dataset for c in cells):
+        for st in ordered(c.cfg.student for c in cells):
+            for m in methods:
+                base = stats.get((ds, st, m, "none"))
+                row: list[Entry] = [dataset_name(ds), STUDENT_NAMES.get(st, st), METHOD_NAMES.get(m, m)]
+                for r in resolvers:
+                    v = stats.get((ds, st, m, r))
+                    row.append(v if r == "none" or v is None or cos else Marked(v, direction(base, v)))
+                rows.append(row)
+    notes = [BOTH_NOTE, "Resolvers combine the two branches' KD gradients at the student taps (docs/resolvers.md)."]
+    if cos:
+        notes.append("Cosine between the RGB and frequency KD gradients at the taps (Fig. 4: per sample, batch "
+                     "mean), averaged over the second half of training: before resolution in the Both column, "
+                     "between the two rows the resolver applied in the others (CAGrad only reweights: equal to "
+                     "before). TOKD's Both column is its own cosine, in its rotated space.")
+    else:
+        notes.append(RESOLVER_MARK_NOTE)
+    notes += common_notes(look, "cos" if cos else metric, profile)
+    title = "Fig. 4 cosine before/after resolution" if cos else f"test {metric.upper()} %"
+    return Grid(f"Gradient-conflict resolvers in Both mode ({title})", header, rows, notes)
+
+
+BUILDERS: dict[int | str, Callable[..., Grid]] = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7,
+                                                   "resolvers": resolvers_table}
+
+
+def build_table(number: int | str, store: ResultsStore, profile: str = "cpu", students: Sequence[str] | None = None,
                 datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None, metric: str = "acc",
                 paper: bool = False, options: Mapping[str, Any] | None = None, spec: str | None = None) -> Grid:
-    """Table ``number`` (3-7) from ``store``; ``seeds`` None keeps every seed found; ``options``:
+    """Table ``number`` (3-7, or ``"resolvers"``) from ``store``; ``seeds`` None keeps every seed found; ``options``:
     the cell-defining options the grid ran with (``config``, ``teacher``, ``data``, ``test_data``);
     ``spec``: Table 3 only, another grid spec laid out as Table 3 (``table3x``: every distiller).
     Its notes say when runs it cannot show are stored: of other profiles, or of students or
@@ -400,7 +454,7 @@ def build_table(number: int, store: ResultsStore, profile: str = "cpu", students
     if not grid.runs and held:
         grid.notes.append(f"no finished runs of these cells for profile {profile!r}; runs are stored for "
                           f"{profile_counts(held)}: pass --profile NAME.")
-    if grid.runs or profile in held:
+    if (grid.runs or profile in held) and (spec or number in SPECS):
         grid.notes += outside_notes(spec or SPECS[number], store, profile, students, datasets, seeds, options or {})
     return grid
 

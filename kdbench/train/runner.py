@@ -18,7 +18,7 @@ from kdbench.distiller import Distiller, reduce_taps
 from kdbench.io import atomic_save, remove
 from kdbench.models.students import build_student
 from kdbench.models.taps import probe_shapes
-from kdbench.plugins import create_distiller, emit
+from kdbench.plugins import create_distiller, create_resolver, emit
 from kdbench.store import ResultsStore, RunRecord, StoreError, this_process
 from kdbench.train.runtime import Runtime, main_first, prepare_module
 from kdbench.train.teacher_cache import Teacher, TeacherCache
@@ -232,6 +232,8 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
     teachers = teachers or TeacherCache()
     t_shapes = teachers.shapes(cfg)
     distiller = prepare_module(create_distiller(cfg.method, cfg.mode, s_shapes, t_shapes, **cfg.hp), rt)
+    # none: the plain sum, on the trainer's single-backward path untouched
+    resolver = create_resolver(cfg.resolver, **cfg.resolver_hp) if cfg.resolver != "none" else None
     student = prepare_module(student, rt)
     clock.lap("setup")
     datasets = datasets or DatasetCache()
@@ -252,12 +254,13 @@ def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: s
         features, online_teacher, source = teacher_source(teacher, distiller, splits["train"], rt, log)
         clock.lap("features")
         pretrained = " (pretrained)" if cfg.student_weights else ""
-        log(f"run {run_hash}: {cfg.method}/{cfg.mode} -> {cfg.student}{pretrained} on {cfg.dataset} "
+        via = f" + {cfg.resolver}" if resolver is not None else ""
+        log(f"run {run_hash}: {cfg.method}/{cfg.mode}{via} -> {cfg.student}{pretrained} on {cfg.dataset} "
             f"({cfg.profile} profile, seed {cfg.seed}, {device_name(rt.device)}, teacher features: {source})")
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
                      distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
-                     progress=progress,
+                     progress=progress, resolver=resolver,
                      on_epoch=on_epoch)
         clock.lap("train")
         if rt.is_main:

@@ -25,6 +25,7 @@ from kdbench.data.feeder import feed
 from kdbench.data.frames import FrameSet, normalize
 from kdbench.distiller import Distiller, StepInfo, check_finite
 from kdbench.io import BackgroundSaver, CorruptFileError, load_verified
+from kdbench.resolver import Resolver
 from kdbench.train.metrics import forgery_metrics
 from kdbench.train.runtime import Runtime, average_buffers, average_gradients, rank_slice
 
@@ -44,6 +45,19 @@ class FitResult:
     best_state: dict[str, Tensor] = field(repr=False)
 
 
+def tap_grads(term: Tensor, inputs: list[Tensor]) -> Tensor:
+    """``term``'s gradient w.r.t. each of ``inputs`` (zeros where it does not reach one),
+    flattened per sample and concatenated in fp32: ``(N, sum of tap sizes)``."""
+    grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(x)).flatten(1).float()
+                      for g, x in zip(grads, inputs)], dim=1)
+
+
+def batch_cosine(a: Tensor, b: Tensor) -> float:
+    """The batch mean of the per-sample cosines of two ``(N, D)`` gradients (Fig. 4's quantity)."""
+    return float(F.cosine_similarity(a, b, dim=1, eps=1e-12).mean())
+
+
 def grad_cosine(terms: Mapping[str, Tensor], taps: Mapping[str, Tensor]) -> float | None:
     """Batch-mean cosine between the gradients of ``kd_rgb`` and ``kd_fre`` w.r.t. the
     student taps (the paper's Fig. 4 quantity). ``taps`` are what the distiller was given:
@@ -56,14 +70,32 @@ def grad_cosine(terms: Mapping[str, Tensor], taps: Mapping[str, Tensor]) -> floa
     inputs = [t for t in taps.values() if t.requires_grad]
     if not inputs:
         return None
+    return batch_cosine(tap_grads(terms["kd_rgb"], inputs), tap_grads(terms["kd_fre"], inputs))
 
-    def flat(term: Tensor) -> Tensor:
-        grads = torch.autograd.grad(term, inputs, retain_graph=True, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(x)).flatten(1).float()
-                          for g, x in zip(grads, inputs)], dim=1)
 
-    gr, gf = flat(terms["kd_rgb"]), flat(terms["kd_fre"])
-    return float(F.cosine_similarity(gr, gf, dim=1, eps=1e-12).mean())
+def resolved_tap_grads(resolver: Resolver, terms: Mapping[str, Tensor], leaves: Mapping[str, Tensor],
+                       log: bool) -> tuple[list[Tensor], dict[str, float]]:
+    """The gradient each student tap receives from the distiller's terms, with the two
+    branches' parts combined by ``resolver``. ``leaves``: the detached taps the distiller
+    was given (its terms' graphs end there), in tap order. Each branch's gradient at the
+    leaves, over the whole batch, is one row of the ``(2, D)`` stack the resolver gets (one
+    decision per step, as MGDA-UB takes one per batch); any other term that reaches the taps
+    adds its gradient unresolved. On ``log`` steps Fig. 4's cosine is taken before
+    (``grad_cos``) and after (``grad_cos_resolved``) resolution, per sample as ``grad_cosine``."""
+    missing = [k for k in ("kd_rgb", "kd_fre") if k not in terms]
+    if missing:
+        raise TrainingError(f"resolver {resolver.name!r} combines the terms kd_rgb and kd_fre; the distiller "
+                            f"returned {', '.join(sorted(terms)) or 'none'}")
+    inputs = list(leaves.values())
+    g = torch.stack([tap_grads(terms[k], inputs) for k in ("kd_rgb", "kd_fre")])  # (2, N, D)
+    out = resolver.resolve(g.flatten(1)).view_as(g)
+    diag = {"grad_cos": batch_cosine(g[0], g[1]), "grad_cos_resolved": batch_cosine(out[0], out[1])} if log else {}
+    total = out.sum(0)
+    others = [v for k, v in terms.items() if k not in ("kd_rgb", "kd_fre") and v.requires_grad]
+    if others:
+        total = total + tap_grads(sum(others), inputs)
+    pieces = total.split([x[0].numel() for x in inputs], dim=1)
+    return [p.reshape(x.shape).to(x.dtype) for p, x in zip(pieces, inputs)], diag
 
 
 @torch.no_grad()
@@ -145,17 +177,21 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
 def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], distiller: Distiller | None,
                opt: torch.optim.Optimizer, params: list[nn.Parameter], rt: Runtime, x: Tensor, y: Tensor,
                feats: Mapping[str, Tensor], info: StepInfo,
-               watch: LossWatch | None = None, index: Tensor | None = None
+               watch: LossWatch | None = None, index: Tensor | None = None, resolver: Resolver | None = None
                ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """One optimisation step: CE (times the distiller's ``ce_weight``) + the distiller's terms under
     autocast, one backward, gradient averaging across processes, the distiller's leader step, the
     optimizer step. ``watch``: where the loss is checked for NaN/inf (default: now, before the
-    backward). ``index``: the batch's rows in the training split, for a distiller that ``wants_index``."""
+    backward). ``index``: the batch's rows in the training split, for a distiller that ``wants_index``.
+    ``resolver``: the branches' KD gradients at the taps are combined by it (``resolved_tap_grads``)
+    and injected there in the same single backward; None (``--resolver none``) is this step
+    exactly as it was before resolvers existed."""
     diag: dict[str, float] = {}
     # a bf16 cache's taps reach the distiller in fp32 (at least), as the online teacher's do
     feats = {k: v.to(torch.promote_types(v.dtype, torch.float32)) for k, v in feats.items()}
+    resolve = resolver is not None and distiller is not None
     diagnose = info.log and distiller is not None and distiller.mode == "both" \
-        and not getattr(distiller, "reports_grad_cos", False)
+        and not getattr(distiller, "reports_grad_cos", False) and not resolve
     with rt.autocast():
         logits, taps = forward(x)
         ce = F.cross_entropy(logits, y)
@@ -166,17 +202,32 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
             if diagnose:  # the Fig. 4 cosine: see grad_cosine. The loss then runs eagerly, as a compiled
                 # one (``--compile``: its buffers donated to one backward) refuses a term-by-term backward
                 student = {k: v.view_as(v) for k, v in student.items()}
+            elif resolve:  # the terms' graphs end at leaves; the resolved gradient is injected at the taps
+                student = {k: v.detach().requires_grad_(v.requires_grad) for k, v in student.items()}
             extra = {"index": index} if distiller.wants_index else {}
-            kd = (distiller.forward if diagnose else distiller)(student, feats, y, **extra)
+            kd = (distiller.forward if diagnose or resolve else distiller)(student, feats, y, **extra)
             terms.update(kd)
     if diagnose:
         cos = grad_cosine(kd, student)
         if cos is not None:
             diag["grad_cos"] = cos
+    roots: list[Tensor] = []
+    injected: list[Tensor | None] = []
+    if resolve:
+        assert resolver is not None and distiller is not None
+        wired = [k for k, v in student.items() if v.requires_grad]
+        grads, rdiag = resolved_tap_grads(resolver, kd, {k: student[k] for k in wired}, info.log)
+        roots, injected = [taps[k] for k in wired], list(grads)
+        if getattr(distiller, "reports_grad_cos", False) and "grad_cos" in rdiag:
+            rdiag["grad_cos_taps"] = rdiag.pop("grad_cos")  # the distiller reports its own (TOKD)
+        diag.update(rdiag)
     loss = sum(terms.values())
     (watch or LossWatch()).add(info, terms, loss)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if roots:  # one backward from the loss and the taps together: the backbone is traversed once
+        torch.autograd.backward([loss, *roots], [None, *injected])
+    else:
+        loss.backward()
     average_gradients(params, rt)
     if distiller is not None:
         diag.update(distiller.after_backward(info) or {})
@@ -254,6 +305,7 @@ class Loop:
     forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
     online_teacher: Callable[[Tensor], dict[str, Tensor]] | None
     watch: LossWatch
+    resolver: Resolver | None = None  # Both mode's gradient-conflict resolver (None: the plain sum)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -287,7 +339,7 @@ def run_epoch(state: TrainState, loop: Loop, epoch: int, advance: Callable[[str 
         feats = {**batch, **loop.online_teacher(x)} if loop.online_teacher is not None else batch
         index = idx.to(rt.device, non_blocking=True) if distiller is not None and distiller.wants_index else None
         terms, diag = train_step(loop.forward, distiller, state.opt, state.params, rt, x, y, feats, info, loop.watch,
-                                 index)
+                                 index, loop.resolver)
         for k, v in terms.items():  # summed on the device: no host sync per step
             sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
         seen += len(idx)
@@ -332,6 +384,7 @@ def fit(
     label: str = "train",
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    resolver: Resolver | None = None,
 ) -> FitResult:
     """Train ``model`` (a ``(logits, taps)`` module) and return test metrics at the best-val epoch.
 
@@ -339,14 +392,14 @@ def fit(
     training sample, on the device or in host memory: they are batched with the frames)
     and, for taps not cached, from ``online_teacher(x)`` on the batch the student sees.
     ``checkpoint``: where the per-epoch full state goes; if it exists and carries
-    the same ``identity`` the run resumes from it.
+    the same ``identity`` the run resumes from it. ``resolver``: see ``train_step``.
     """
     state = TrainState.start(model, distiller, train, cfg, seed, rt)
     if checkpoint is not None and checkpoint.is_file():
         state.load_dict(load_checkpoint(checkpoint, identity))
     forward = compiled_step(model, distiller) if rt.compile else model
     loop = Loop(cfg, rt, train, val, {"frames": train.images, **(features or {})}, forward, online_teacher,
-                LossWatch.for_run(rt, cfg.log_every))
+                LossWatch.for_run(rt, cfg.log_every), resolver)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     with BackgroundSaver() as saver, Progress(*columns, disable=not (progress and rt.is_main), transient=True) as bar:
