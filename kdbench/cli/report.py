@@ -102,6 +102,32 @@ def figure(
     check_choice("figure", name, [*map(str, FIGURES), "curves"])
     ws = workspace(workdir)
     store = open_store(ws)
+    folder = out_dir or ws.root / "figures"
+    if name == "curves":
+        if not hashes:
+            raise ConfigError("figure curves needs one or more run hashes (see `kdbench results`)")
+        typer.echo(str(training_curves([find_run(store, h) for h in hashes], folder)))
+        return
+    if hashes:
+        raise ConfigError(f"figure {name} takes no run hashes (only `figure curves` does)")
+    check_names(split_list(students) or [])
+    draw = FIGURES[int(name)]
+    args = (split_list(students), split_list(datasets), parse_seeds(seeds) if seeds else None,
+            cell_options(config, teacher_weights, data, student_weights=student_weights, resolver=resolver))
+    if profile is not None:
+        typer.echo(str(draw(store, folder, profile, *args)))
+        return
+    held = sorted(stored_profiles(store), key=profile_rank) or list(PROFILE_ORDER[2:3])
+    drawn = []
+    for prof in held:
+        try:
+            drawn.append(draw(store, folder, prof, *args))
+        except NoDataError as exc:
+            last = exc
+    if not drawn:
+        raise last
+    for path in drawn:
+        typer.echo(str(path))
 
 
 def open_store(ws: Any) -> Any:
