@@ -19,11 +19,13 @@ from typing import Any, Mapping
 import yaml
 
 PROFILES = ("smoke", "cpu", "paper", "gpu128")
+PIPELINE_CHECK = "pipeline check, not a benchmark"
 SEED_MAX = 2**63 - 1  # the store keeps seeds as SQLite integers
 # the sections a config file may hold; a profile may also hold per-dataset overrides
-CONFIG_KEYS = ("description", "train", "teacher", "student", "hp", "data", "resolver", "resolver_hp")
-SCALAR_KEYS = {"description", "resolver"}  # the keys that are not tables
-PROFILE_KEYS = (*CONFIG_KEYS, "dataset")
+CONFIG_KEYS = ("description", "train", "teacher", "student", "hp", "data", "resolver", "resolver_hp",
+               "log")  # log: loggers, never hashed
+SCALAR_KEYS = {"description", "resolver", "log", "pipeline_check"}  # the keys that are not tables
+PROFILE_KEYS = (*CONFIG_KEYS, "dataset", "pipeline_check")
 
 
 class ConfigError(ValueError):
@@ -136,6 +138,15 @@ def load_profile(name: str) -> dict[str, Any]:
     if path.suffix in (".toml", ".yaml", ".yml") and path.is_file():
         return load_config_file(path)
     raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)} (or a .toml/.yaml file)")
+
+
+def is_pipeline_check(profile: str) -> bool:
+    """Whether ``profile`` says (``pipeline_check = true``) that its numbers only show the code runs:
+    tables, figures and run summaries then mark them so (the smoke profile's teacher is at chance)."""
+    try:
+        return bool(load_profile(profile).get("pipeline_check", False))
+    except ConfigError:
+        return False
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -270,6 +281,28 @@ def resolve(
                      student_weights_sha256=student_sha, dataset=dataset, test_dataset=cross,
                      test_data=cross_data, profile=profile, seed=seed, hp=hp_full, data=data_cfg, train=train_cfg,
                      teacher=teacher_cfg, resolver=resolver_name, resolver_hp=rhp_full)
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` -> ``{"train.epochs": 2}``."""
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(cfg: RunConfig, base: RunConfig | None = None) -> dict[str, Any]:
+    """The settings of ``cfg`` that differ from ``base`` (default: the same method, mode, student,
+    datasets and seed on the bare profile), as dotted keys: what a config file, ``--hp`` or an
+    option changed. Used to tell apart runs that look alike in a listing; never hashed."""
+    if base is None:
+        base = resolve(method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
+                       profile=cfg.profile, seed=cfg.seed, test_dataset=cfg.test_dataset)
+    old, new = flatten(base.identity()), flatten(cfg.identity())
+    return {k: v for k, v in new.items() if old.get(k, object()) != v}
 
 
 def _student_section(layer: Mapping[str, Any]) -> dict[str, Any]:

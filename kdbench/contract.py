@@ -7,6 +7,7 @@ contract, reporting pass/fail with the reason instead of raising.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -151,29 +152,44 @@ def _checks(cls: type[Distiller], mode: str, bench: Bench) -> Iterator[tuple[str
                 ("state_dict round trip", round_trip), ("deterministic under a seed", deterministic))
 
 
-def check_distiller(name: str, students: Sequence[str] = STUDENTS) -> list[CheckResult]:
-    """Run every contract check for every student and mode; never raises for plugin faults."""
+def check_distiller(name: str, students: Sequence[str] = STUDENTS,
+                    progress: Callable[[str], None] = lambda _msg: None) -> list[CheckResult]:
+    """Run every contract check for every student and mode; never raises for plugin faults.
+    ``progress`` gets a line as each student and mode is done (the checks take minutes on a CPU)."""
     try:
         cls = get_distiller_class(name)
     except Exception as exc:  # noqa: BLE001
         return [CheckResult("-", "-", "loads", False, str(exc))]
-    results = []
+    results: list[CheckResult] = []
+    total, n = len(students) * len(cls.modes), 0
     for student in students:
         bench = _bench(student)
         for mode in cls.modes:
+            n += 1
+            first, t0 = len(results), time.perf_counter()
             try:
-                checks = list(_checks(cls, mode, bench))
-            except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build
-                results.append(CheckResult(student, mode, "builds from probed shapes", False, f"{type(exc).__name__}: {exc}"))
-                continue
-            results.append(CheckResult(student, mode, "builds from probed shapes", True))
-            for check_name, check in checks:
-                try:
-                    problem = check()
-                except Exception as exc:  # noqa: BLE001
-                    problem = f"{type(exc).__name__}: {exc}"
-                results.append(CheckResult(student, mode, check_name, problem is None, problem or ""))
+                check_one(cls, mode, student, bench, results)
+            finally:
+                mine = results[first:]
+                progress(f"[{n}/{total}] {name} on {student}, mode {mode}: "
+                         f"{sum(r.ok for r in mine)}/{len(mine)} checks passed ({time.perf_counter() - t0:.0f} s)")
     return results
+
+
+def check_one(cls: type[Distiller], mode: str, student: str, bench: Bench, results: list[CheckResult]) -> None:
+    """The checks of one student and mode, appended to ``results``."""
+    try:
+        checks = list(_checks(cls, mode, bench))
+    except Exception as exc:  # noqa: BLE001 - a plugin that cannot even build
+        results.append(CheckResult(student, mode, "builds from probed shapes", False, f"{type(exc).__name__}: {exc}"))
+        return
+    results.append(CheckResult(student, mode, "builds from probed shapes", True))
+    for check_name, check in checks:
+        try:
+            problem = check()
+        except Exception as exc:  # noqa: BLE001
+            problem = f"{type(exc).__name__}: {exc}"
+        results.append(CheckResult(student, mode, check_name, problem is None, problem or ""))
 
 
 def _resolver_cases() -> dict[str, Tensor]:

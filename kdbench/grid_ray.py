@@ -209,6 +209,7 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
                 log(f"[{n}/{len(todo)}] {what}: failed: {_error(exc)}")
                 continue
             store.put(rec)
+            report.records[rec.hash] = rec
             if rec.status == "done":
                 report.ran.append(cell)
                 log(f"[{n}/{len(todo)}] {what}: done ({rec.hash})")

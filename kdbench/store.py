@@ -187,6 +187,24 @@ class ResultsStore:
             with self._connect() as db:
                 return db.execute(sql, args).fetchall()
 
+    def counts(self, column: str, **equal: Any) -> dict[str, int]:
+        """Records per value of ``column`` (a fixed name from COLUMNS), where ``equal``'s columns match."""
+        if column not in COLUMNS or not set(equal) <= set(COLUMNS):
+            raise ValueError(f"unknown column in {column!r}, {sorted(equal)}")
+        where = " AND ".join(f"{k} = ?" for k in equal) or "1"
+        if self.readonly and (not self.path.is_file() or self.path.stat().st_size == 0):
+            return {}
+        try:
+            rows = self._select(f"SELECT {column}, COUNT(*) FROM runs WHERE {where} GROUP BY {column}",
+                                tuple(equal.values()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read results store {self.path}: {exc}") from None
+        return {value: n for value, n in rows if value is not None}
+
+    def distinct(self, column: str, **equal: Any) -> list[str]:
+        """The values of ``column`` where ``equal``'s columns match, in sorted order."""
+        return sorted(self.counts(column, **equal))
+
     def by_cell(self, cell: str) -> list[RunRecord]:
         """Finished runs of one table cell (all seeds)."""
         return self.query("cell = ? AND status = 'done'", (cell,))

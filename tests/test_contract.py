@@ -11,10 +11,14 @@ BUILTINS = ["vanilla", "fitnet", "at", "pkt", "sp", "vid", "tokd",
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_builtin_passes_contract(name):
-    results = check_distiller(name, ["res18t"])
+    lines: list[str] = []
+    results = check_distiller(name, ["res18t"], progress=lines.append)
     failed = [(r.mode, r.check, r.detail) for r in results if not r.ok]
     assert not failed
-    assert len(results) == 7 * len(available_distillers()[name].modes)
+    modes = len(available_distillers()[name].modes)
+    assert len(results) == 7 * modes
+    assert len(lines) == modes and lines[-1].startswith(f"[{modes}/{modes}] {name} on res18t")
+    assert "7/7 checks passed" in lines[-1]
 
 
 def test_unknown_distiller_is_reported_not_raised():

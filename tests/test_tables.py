@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from kdbench.cli import app
 from kdbench.grid import expand
 from kdbench.report.render import csv_text, entry_text, render
-from kdbench.report.tables import Stat, build_table, direction
+from kdbench.report.tables import Stat, build_table, build_tables, direction
 from kdbench.store import ResultsStore, RunRecord
 from kdbench.train.runner import Workspace
 
@@ -143,14 +143,34 @@ def test_other_tables_render(ws):
     store = ResultsStore(ws.store_path)
     t4 = build_table(4, store, paper=True)
     assert [[entry_text(e) for e in r[:3]] for r in t4.rows] == [
-        ["Xception", "85.00 (n=1)", "90.00 (n=1)"], ["Teacher", "90.00 (n=1)", "95.00 (n=1)"],
-        ["Student", "85.50 ± 0.71 (n=2)", "90.50 ± 0.71 (n=2)"]]
+        ["Vanilla Xception", "85.00 (n=1)", "90.00 (n=1)"], ["Teacher", "90.00 (n=1)", "95.00 (n=1)"],
+        ["TOKD student Xception", "85.50 ± 0.71 (n=2)", "90.50 ± 0.71 (n=2)"]]
     assert "86.86" in render(t4, "markdown")[0]
     t6 = build_table(6, store)
     assert t6.header[:5] == ["Row", "RGB", "Fre", "Projector", "Rotation"]
     assert t6.rows[0][:5] == ["none", "", "", "", ""] and t6.rows[-1][1:5] == ["✓"] * 4
     for n in (5, 7):
         assert "–" in render(build_table(n, store, paper=True), "markdown")[0]
+
+
+def test_tables_follow_the_stored_runs(ws, tmp_path):
+    """With no profile, a table shows every profile that holds its runs, benchmarks first and the
+    smoke profile marked as a pipeline check; a profile without runs says which profiles have them;
+    runs outside the spec's students are named with the option that shows them; labels follow
+    the student actually run."""
+    store = ResultsStore(ws.store_path)
+    grids = build_tables(3, store)
+    assert [g.profile for g in grids] == ["cpu", "smoke"] and all(g.runs for g in grids)
+    assert "pipeline check, not a benchmark" in grids[1].title and "pipeline check" not in grids[0].title
+    smoke_row = res18t_row(grids[1])
+    assert smoke_row[2] == "99.00 (n=1)"  # the smoke decoy, in its own table only
+    empty = build_table(3, store, "gpu128")
+    assert empty.runs == 0 and any("cpu (" in n and "smoke (1 run)" in n and "--profile" in n for n in empty.notes)
+    t6 = build_table(6, store)  # the spec is Xception-only: the res18t TOKD runs are named, not counted
+    assert any("student res18t are not shown" in n and "--students res18t" in n for n in t6.notes)
+    t4 = build_table(4, store, students=["res18t"])
+    assert [r[0] for r in t4.rows] == ["Vanilla Res18-T", "Teacher", "TOKD student Res18-T"]
+    assert entry_text(t4.rows[0][1]) == "81.00 ± 1.00"
 
 
 def test_table1_matches_paper():

@@ -24,7 +24,7 @@ app.command()(train.run)
 app.command()(train.grid)
 app.add_typer(train.teacher_app, name="teacher")
 app.add_typer(plugins_app, name="plugins")
-app.command()(results.results)
+app.add_typer(results.results_app, name="results")
 app.command()(report.table)
 app.command()(report.figure)
 app.command()(data.prepare)
@@ -34,6 +34,31 @@ app.command()(data.export)
 
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a run like Ctrl-C: checkpointed epochs stay, record says interrupted
+
+
+def command() -> Any:
+    """The click command behind ``app``, with flags shown bare in help: typer labels every
+    option with its type, and ``--compile <bool>`` reads as if it took a value."""
+    cmd = typer.main.get_command(app)
+
+    def bare_flags(c: Any) -> None:
+        for param in c.params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        make_help = c.get_help_option  # --help is made per call, outside c.params
+
+        def help_option(ctx: Any, make_help: Any = make_help) -> Any:
+            opt = make_help(ctx)
+            if opt is not None:
+                opt.metavar = ""
+            return opt
+
+        c.get_help_option = help_option
+        for sub in getattr(c, "commands", {}).values():
+            bare_flags(sub)
+
+    bare_flags(cmd)
+    return cmd
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
@@ -56,4 +81,4 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
     signal.signal(signal.SIGTERM, _terminate)
     warnings.showwarning = _show_warning
-    app()
+    command()()

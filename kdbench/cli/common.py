@@ -19,12 +19,26 @@ from kdbench.config import ConfigError, load_config_file, parse_hp, resolve
 if TYPE_CHECKING:
     from kdbench.config import RunConfig
     from kdbench.store import ResultsStore
-    from kdbench.train.runner import Workspace
+    from kdbench.workspace import Workspace
 
 console = Console(stderr=True)  # messages, progress, errors
 out = Console()  # results: tables, JSON
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+USAGE_ERRORS = (("kdbench.config", "ConfigError"), ("kdbench.distiller", "DistillerError"),
+                ("kdbench.resolver", "ResolverError"), ("kdbench.data.registry", "DatasetError"))
+WORK_ERRORS = (("kdbench.store", "StoreError"), ("kdbench.train.trainer", "TrainingError"),
+               ("kdbench.train.teacher_cache", "CacheError"))
+
+
+def loaded(names: Sequence[tuple[str, str]]) -> tuple[type, ...]:
+    """The error classes among ``names`` whose modules are imported: an error of a module never
+    imported cannot have been raised, and importing it here would pull torch into every command."""
+    import sys
+
+    return tuple(getattr(sys.modules[m], c) for m, c in names if m in sys.modules)
 
 
 def cli_errors(fn: F) -> F:
@@ -33,26 +47,21 @@ def cli_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from kdbench.data.registry import DatasetError
-        from kdbench.distiller import DistillerError
-        from kdbench.resolver import ResolverError
-        from kdbench.store import StoreError
-        from kdbench.train.teacher_cache import CacheError
-        from kdbench.train.trainer import TrainingError
-
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except (ConfigError, DistillerError, ResolverError, DatasetError) as exc:
-            error(exc)
-            raise typer.Exit(2) from None
-        except (StoreError, TrainingError, CacheError, FileNotFoundError, ValueError, OSError) as exc:
-            error(exc)
-            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("interrupted: the last finished epoch is checkpointed; re-run the same command to resume")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            if isinstance(exc, loaded(USAGE_ERRORS)):
+                error(exc)
+                raise typer.Exit(2) from None
+            if isinstance(exc, (*loaded(WORK_ERRORS), FileNotFoundError, ValueError, OSError)):
+                error(exc)
+                raise typer.Exit(1) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -74,9 +83,24 @@ def log(msg: str) -> None:
 
 
 def workspace(workdir: Optional[Path]) -> Workspace:
-    from kdbench.train.runner import Workspace
+    from kdbench.workspace import Workspace
 
     return Workspace(Path(workdir or os.environ.get("KDBENCH_HOME", ".kdbench")))
+
+
+def find_run(store: Any, prefix: str) -> Any:
+    """The record whose hash is or starts with ``prefix``; an unknown or ambiguous prefix is a usage error."""
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{1,16}", prefix):
+        raise ConfigError(f"{prefix!r} is not a run hash (16 hex digits, or a prefix; see `kdbench results`)")
+    found = store.query("hash LIKE ?", (prefix + "%",))
+    if not found:
+        raise ConfigError(f"no stored run with hash {prefix!r} in {store.path}; see `kdbench results`")
+    if len(found) > 1:
+        raise ConfigError(f"hash prefix {prefix!r} matches {len(found)} runs "
+                          f"({', '.join(r.hash for r in found[:4])}{', ...' if len(found) > 4 else ''}); give more digits")
+    return found[0]
 
 
 def results_store(path: Path, readonly: bool = False) -> ResultsStore:
@@ -153,6 +177,22 @@ def require_pretrained(cfg: RunConfig, random_init: bool, student: bool = False)
                           "FILE (the same xception-*.pth), or --random-init to train from random weights")
 
 
+def loggers(names: Sequence[str], config: Optional[Path]) -> list[str]:
+    """The logger plugins asked for by ``--log`` and a config file's ``log = [...]``, checked
+    before anything runs (a missing package would otherwise log nothing, silently)."""
+    import importlib.util
+
+    asked = list(names)
+    if config is not None:
+        from_file = load_config_file(config).get("log", [])
+        asked += [from_file] if isinstance(from_file, str) else list(from_file)
+    for name in asked:
+        check_choice("logger", name, LOGGERS)
+    if "tensorboard" in asked and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'kdbench[tensorboard]'")
+    return list(dict.fromkeys(asked))
+
+
 def data_options(items: list[str], root: Optional[Path]) -> dict[str, Any]:
     """``--data key=value`` (values parsed as YAML scalars/lists) plus ``--data-root DIR``."""
     import yaml
@@ -191,6 +231,9 @@ StudentsOpt = typer.Option(None, "--students", help="Comma-separated students (d
 DatasetsOpt = typer.Option(None, "--datasets", help="Comma-separated datasets (default: the spec's).")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] (auto: CUDA when present).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto | fp32 | bf16 (auto: bf16 autocast on GPU).")
+LOGGERS = ("tensorboard",)
+LogOpt = typer.Option([], "--log", help="Also log to: tensorboard (repeatable; event files under the run's "
+                      "folder; a config file's `log = [...]` does the same). Never part of the run hash.")
 ResolverOpt = typer.Option(None, "--resolver", help="Gradient-conflict resolver of Both mode: none | pcgrad | "
                            "cagrad (see `kdbench plugins`); in a grid or table, every Both-mode cell's.")
 CompileOpt = typer.Option(False, "--compile", help="torch.compile the student and the distiller's loss.")

@@ -5,7 +5,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from kdbench.cli.common import cli_errors, escape, out
+from kdbench.cli.common import check_names, cli_errors, escape, log, out
 
 plugins_app = typer.Typer(help="List installed distillers and resolvers, or check one against the contract.")
 
@@ -52,13 +52,16 @@ def plugins_check(
     """Run the contract checks on an installed distiller (or, when no distiller has the name, a
     resolver) and print a pass/fail report."""
     from kdbench.contract import check_distiller, check_resolver
-    from kdbench.plugins import registry
+    from kdbench.plugins import get_distiller_class, registry
 
     reg = registry()
     if name not in reg.distillers and name in reg.resolvers:
         results = check_resolver(name)
     else:
-        results = check_distiller(name, [s.strip() for s in students.split(",") if s.strip()])
+        get_distiller_class(name)  # an unknown or broken name: one line, exit 2, before any model is built
+        chosen = [s.strip() for s in students.split(",") if s.strip()]
+        check_names(chosen)
+        results = check_distiller(name, chosen, progress=log)
     table = Table(title=f"contract checks: {escape(name)}")
     for col in ("student", "mode", "check", "result", "detail"):
         table.add_column(col)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from kdbench.cli.common import (
     CompileOpt,
@@ -17,6 +16,7 @@ from kdbench.cli.common import (
     DataRootOpt,
     DatasetsOpt,
     DeviceOpt,
+    LogOpt,
     PrecisionOpt,
     ProfileOpt,
     RandomInitOpt,
@@ -35,6 +35,7 @@ from kdbench.cli.common import (
     data_options,
     escape,
     log,
+    loggers,
     out,
     require_pretrained,
     results_store,
@@ -82,7 +83,11 @@ def run(
     precision: str = PrecisionOpt,
     compile_model: bool = CompileOpt,
     workdir: Optional[Path] = WorkdirOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on a terminal (elsewhere: "
+                                  "a line per epoch)."),
+    log_to: list[str] = LogOpt,
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration, its hash "
+                                      "and what it changes against the profile; run nothing."),
 ) -> None:
     """Train one student with one distiller and store the record."""
     from kdbench.io import locked
@@ -96,6 +101,10 @@ def run(
                        data_options(data, data_root), data_options([], test_data_root), student_weights, resolver,
                        resolver_hp)
     require_pretrained(cfg, random_init)
+    chosen_loggers = loggers(log_to, config)
+    if print_config:
+        print_resolved(cfg)
+        return
     ws = workspace(workdir)
     store = results_store(ws.store_path)
     done = store.get(cfg.hash)
@@ -107,7 +116,7 @@ def run(
             done = store.get(cfg.hash)
             if done is None or done.status != "done":
                 rec = run_one(cfg, ws, store, rt, log=log if rt.is_main else (lambda _m: None),
-                              progress=progress and console.is_terminal)
+                              progress=progress and console.is_terminal, loggers=chosen_loggers)
                 if rt.is_main:
                     print_metrics(rec)
                 return
@@ -115,10 +124,26 @@ def run(
     print_metrics(done)
 
 
+def print_resolved(cfg: Any) -> None:
+    """The resolved configuration as TOML-like sections on stdout, with its hash and what the
+    options and config file changed against the bare profile."""
+    from kdbench.config import changed_settings, flatten
+
+    out.print(f"# run {cfg.hash} (cell {cfg.cell}); {cfg.profile} profile", highlight=False, markup=False)
+    changed = changed_settings(cfg)
+    out.print("# changed against the profile: " + (", ".join(f"{k}={v}" for k, v in changed.items()) or "nothing"),
+              highlight=False, markup=False)
+    for key, value in flatten(cfg.to_dict()).items():
+        out.print(f"{key} = {json.dumps(value, default=str)}", highlight=False, markup=False)
+
+
 def print_metrics(rec: Any) -> None:
+    from kdbench.config import PIPELINE_CHECK, is_pipeline_check
+
     test = rec.metrics["test"]
+    check = f"; {rec.profile} profile: {PIPELINE_CHECK}" if is_pipeline_check(rec.profile) else ""
     table = Table(title=escape(f"{rec.method}/{rec.mode} -> {rec.student} on {rec.test_dataset} (seed {rec.seed}, "
-                               f"best val epoch {rec.metrics['best_epoch'] + 1})"))
+                               f"best val epoch {rec.metrics['best_epoch'] + 1}{check})"))
     for key in ("acc", "auc", "eer", "ap", "video_auc"):
         if key in test:
             table.add_column(f"test {key.upper()} %", justify="right")
@@ -138,6 +163,8 @@ def grid(
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     shard_opt: Optional[str] = typer.Option(None, "--shard", help="i/n: run only shard i of n."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and which are done; run nothing."),
+    show_config: bool = typer.Option(False, "--show-config", help="With --dry-run: print each cell's resolved "
+                                     "configuration too."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
@@ -159,6 +186,7 @@ def grid(
                                                  "cluster has GPUs, else 0."),
     cpus_per_run: Optional[float] = typer.Option(None, "--cpus-per-run", help="Ray: CPUs per run, also its "
                                                  "torch threads (default 1)."),
+    log_to: list[str] = LogOpt,
 ) -> None:
     """Run a grid of cells, skipping finished ones (resumable, shardable; on Ray with --executor ray)."""
     from kdbench.grid import expand, parse_seeds, parse_shard, shard
@@ -188,29 +216,30 @@ def grid(
     for cell in cells:
         require_pretrained(cell.cfg, random_init, student=cell.pretrained_student)
     cells = shard(cells, *parse_shard(shard_opt))
+    chosen_loggers = loggers(log_to, config)
     ws = workspace(workdir)
     store = results_store(ws.store_path)
     status = {r.hash: r.status for r in store.query()}
     if dry_run:
-        table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile)"))
-        for col in ("#", "hash", "method", "mode", "resolver", "student", "dataset", "seed", "variant", "status"):
-            table.add_column(col)
-        for i, cell in enumerate(cells, 1):
-            c = cell.cfg
-            table.add_row(*map(Text, (str(i), c.hash, c.method, c.mode, c.resolver, c.student,
-                                      c.test_dataset or c.dataset, str(c.seed),
-                                      " ".join(f"{k}={v}" for k, v in cell.variant.items()) or cell.label,
-                                      status.get(c.hash, "todo"))))
-        out.print(table)
-        done = sum(status.get(c.cfg.hash) == "done" for c in cells)
-        out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False, markup=False)
+        bare = None
+        if config is not None:  # the same cells without the file, to show what it changed
+            opts = cell_options(None, teacher_weights, data, data_root, test_data_root)
+            bare = shard(expand(spec, profile=profile, students=split_list(students), methods=split_list(methods),
+                                datasets=split_list(datasets), seeds=parse_seeds(seeds), **opts),
+                         *parse_shard(shard_opt))
+        dry_run_table(spec, profile, cells, status, config, bare)
+        if show_config:
+            for cell in cells:
+                out.print("")
+                print_resolved(cell.cfg)
         return
     if executor == "ray":
         from kdbench.grid_ray import run_grid_ray
 
         report = run_grid_ray(cells, ws, store, settings, log=log)
     else:
-        report = _run_local(cells, ws, store, status, spec, device, precision, compile_model)
+        report = _run_local(cells, ws, store, status, spec, device, precision, compile_model, chosen_loggers)
+    summary_table(spec, profile, report)
     out.print(f"grid {spec}: {len(report.ran)} ran, {len(report.done_before)} already done, "
               f"{len(report.failed)} failed", highlight=False, markup=False)
     if report.failed:
@@ -218,7 +247,7 @@ def grid(
 
 
 def _run_local(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, status: dict[str, str], spec: str,
-               device: str, precision: str, compile_model: bool) -> GridReport:
+               device: str, precision: str, compile_model: bool, chosen_loggers: Sequence[str] = ()) -> GridReport:
     """The cells in turn in this process, sharing one dataset and teacher cache."""
     from kdbench.data.registry import DatasetCache
     from kdbench.grid import run_grid
@@ -231,8 +260,65 @@ def _run_local(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, status
     teachers = TeacherCache()  # each teacher and feature file is read once for the whole grid
     return run_grid(cells, lambda cell: run_one(cell.cfg, ws, store, rt, spec=cell.spec, log=log,
                                                 progress=console.is_terminal, datasets=dataset_cache,
-                                                teachers=teachers),
+                                                teachers=teachers, loggers=chosen_loggers),
                     lambda cell: status.get(cell.cfg.hash) == "done", log=log)
+
+
+def variant_text(cell: Any) -> str:
+    """What sets a cell apart within its method and mode: its sweep values, and its group's
+    label where that is not just the method's name (Table 6's "RGB+Fre+Projector")."""
+    parts = [f"{k}={v}" for k, v in cell.variant.items()]
+    if cell.label.lower() != cell.cfg.method:
+        parts.insert(0, cell.label)
+    return " ".join(parts)
+
+
+def dry_run_table(spec: str, profile: str, cells: list[Any], status: dict[str, str], config: Optional[Path],
+                  bare: Optional[list[Any]] = None) -> None:
+    from kdbench.config import PIPELINE_CHECK, changed_settings, is_pipeline_check
+    from kdbench.report.render import print_wide
+
+    check = f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else ""
+    table = Table(title=escape(f"grid {spec}: {len(cells)} cells ({profile} profile{check})"))
+    for col in ("#", "hash", "method", "mode", "resolver", "student", "dataset", "seed", "variant", "status"):
+        table.add_column(col)
+    for i, cell in enumerate(cells, 1):
+        c = cell.cfg
+        table.add_row(str(i), c.hash, c.method, c.mode, c.resolver, c.student, c.test_dataset or c.dataset, str(c.seed),
+                      escape(variant_text(cell)), status.get(c.hash, "todo"))
+    print_wide(table, out)
+    if config is not None and bare is not None and len(bare) == len(cells):
+        overrides: dict[str, set[str]] = {}
+        for cell, plain in zip(cells, bare):
+            for key, value in changed_settings(cell.cfg, plain.cfg).items():
+                overrides.setdefault(key, set()).add(json.dumps(value, default=str))
+        text = ", ".join(f"{k}={'|'.join(sorted(v))}" for k, v in overrides.items()) or "nothing (same as the profile)"
+        out.print(f"--config {config} sets: {text}", highlight=False, markup=False)
+    done = sum(status.get(c.cfg.hash) == "done" for c in cells)
+    out.print(f"{len(cells)} cells, {done} done, {len(cells) - done} to run", highlight=False)
+
+
+def summary_table(spec: str, profile: str, report: Any) -> None:
+    """Every cell this invocation ran or failed, with its headline metrics."""
+    from kdbench.config import PIPELINE_CHECK, is_pipeline_check
+    from kdbench.report.render import print_wide
+
+    cells = [(cell, report.records.get(cell.cfg.hash), "") for cell in report.ran]
+    cells += [(cell, None, why) for cell, why in report.failed]
+    if not cells:
+        return
+    check = f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else ""
+    table = Table(title=escape(f"grid {spec}: cells run now ({profile} profile{check})"))
+    for col in ("hash", "method", "mode", "student", "seed", "variant", "test acc", "test auc", "wall s"):
+        table.add_column(col, justify="right" if col in ("test acc", "test auc", "wall s") else "left")
+    for cell, rec, why in cells:
+        c = cell.cfg
+        test = (getattr(rec, "metrics", None) or {}).get("test") or {}
+        metrics = [f"{test[k]:.2f}" if k in test else "-" for k in ("acc", "auc")]
+        wall = f"{rec.wall_time:.0f}" if getattr(rec, "wall_time", None) else "-"
+        table.add_row(c.hash, c.method, c.mode, c.student, str(c.seed), escape(variant_text(cell)),
+                      *(metrics if not why else [escape(f"failed: {why}"), "", ""]), wall)
+    print_wide(table, out)
 
 
 @teacher_app.command("train")

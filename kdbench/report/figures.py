@@ -22,11 +22,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kdbench.config import PIPELINE_CHECK, is_pipeline_check  # noqa: E402
 from kdbench.grid import Cell  # noqa: E402
 from kdbench.report.tables import METHOD_NAMES, STUDENT_NAMES, Lookup, NoDataError, dataset_name, test_metric  # noqa: E402
-from kdbench.store import ResultsStore  # noqa: E402
+from kdbench.store import ResultsStore, RunRecord  # noqa: E402
 
 NO_ROTATION_LABEL = "RGB+Fre+Projector"
+MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*", "P", "<", ">")
+
+
+def profile_caption(profile: str) -> str:
+    """"cpu profile", or "smoke profile: pipeline check, not a benchmark"."""
+    return f"{profile} profile" + (f": {PIPELINE_CHECK}" if is_pipeline_check(profile) else "")
 
 
 @dataclass
@@ -107,8 +114,12 @@ def figure4(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: 
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     colours = {g: f"C{i % 10}" for i, g in enumerate(dict.fromkeys(c.group for c in curves))}
     for ax, panel in zip(axes[0], panels):
-        for c in (c for c in curves if c.panel == panel):
+        for i, c in enumerate(c for c in curves if c.panel == panel):
+            # lines that coincide (e.g. two distillers whose terms agree) stay distinguishable: each curve
+            # has its own marker, placed at its own offset, so one never hides another's
+            every = max(1, len(c.steps) // 8)
             ax.plot(c.steps, smooth(c.values), ls="--" if c.dashed else "-", lw=1.4, color=colours[c.group],
+                    marker=MARKERS[i % len(MARKERS)], markersize=4, markevery=(i * every // 5 % every, every),
                     label=c.label)
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xlabel("training step")
@@ -116,7 +127,7 @@ def figure4(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: 
         ax.set_title(panel_title(panel))
         ax.legend(fontsize=7, ncol=2)
     seeds_txt = ", ".join(map(str, sorted(look.seen)))
-    fig.suptitle(f"Fig. 4: RGB vs frequency gradient cosine\n({profile} profile; mean over seeds {seeds_txt}; "
+    fig.suptitle(f"Fig. 4: RGB vs frequency gradient cosine\n({profile_caption(profile)}; mean over seeds {seeds_txt}; "
                  "moving average)", fontsize=10)
     return save(fig, out_dir / f"fig4-{Path(profile).stem}.png")
 
@@ -143,8 +154,40 @@ def figure3(store: ResultsStore, out_dir: Path, profile: str = "cpu", students: 
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
     seeds_txt = ", ".join(map(str, sorted(look.seen)))
-    ax.set_title(f"Fig. 3: TOKD sensitivity to α ({profile} profile; mean ± std over seeds {seeds_txt})", fontsize=9)
+    ax.set_title(f"Fig. 3: TOKD sensitivity to α ({profile_caption(profile)}; mean ± std over seeds {seeds_txt})",
+                 fontsize=9)
     return save(fig, out_dir / f"fig3-{Path(profile).stem}.png")
+
+
+def training_curves(records: Sequence[RunRecord], out_dir: Path) -> Path:
+    """Per-epoch curves of stored runs: each training-loss term (left) and the validation
+    metrics (right); one colour per run, one line style per term or metric."""
+    runs = [r for r in records if (r.history or {}).get("epochs")]
+    if not runs:
+        raise NoDataError(f"no per-epoch history in run(s) {', '.join(r.hash for r in records)} "
+                          "(a failed run keeps none)")
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = ("-", "--", ":", "-.")
+    for i, rec in enumerate(runs):
+        rows = rec.history["epochs"]
+        epochs = np.array([row["epoch"] + 1 for row in rows])
+        name = f"{rec.hash[:8]} {rec.method}/{rec.mode} {rec.student}"
+        terms = sorted({k for row in rows for k in row if k.startswith("loss_")})
+        for j, key in enumerate(terms):
+            loss_ax.plot(epochs, [row.get(key, np.nan) for row in rows], ls=styles[j % len(styles)],
+                         marker=MARKERS[j % len(MARKERS)], markersize=4, color=f"C{i % 10}",
+                         label=f"{name}: {key[5:]}")
+        for j, key in enumerate(k for k in ("val_acc", "val_auc") if k in rows[0]):
+            val_ax.plot(epochs, [row.get(key, np.nan) for row in rows], ls=styles[j], marker=MARKERS[j],
+                        markersize=4, color=f"C{i % 10}", label=f"{name}: {key[4:]}")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (epoch mean, weighted term)", title="losses per term")
+    val_ax.set(xlabel="epoch", ylabel="validation (%)", title="validation metrics")
+    for ax in (loss_ax, val_ax):
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    profiles = ", ".join(dict.fromkeys(profile_caption(r.profile) for r in runs))
+    fig.suptitle(f"Training curves ({profiles})", fontsize=10)
+    return save(fig, out_dir / f"curves-{'-'.join(r.hash[:8] for r in runs[:4])}.png")
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

@@ -78,8 +78,6 @@ def csv_text(grid: Grid) -> str:
 
 
 def print_rich(grid: Grid, out: Any) -> None:
-    from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
@@ -89,8 +87,16 @@ def print_rich(grid: Grid, out: Any) -> None:
         table.add_column(Text(h), justify="right" if numeric else "left")
     for row in grid.rows:
         table.add_row(*(Text(entry_text(e)) for e in row))
-    width = Measurement.get(out, out.options.update_width(100_000), table).maximum
-    console = out if width <= out.width else Console(width=width, file=out.file)
-    console.print(table)
+    print_wide(table, out)
     for note in grid.notes:
-        console.print(Text(note, style="dim"))
+        out.print(Text(note, style="dim"))
+
+
+def print_wide(renderable: Any, console: Any) -> None:
+    """A rich table at its natural width, even on a narrow or non-terminal console (a log file
+    or a pipe would otherwise get every column cut to a few letters)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    width = Measurement.get(console, console.options.update_width(100_000), renderable).maximum
+    (console if width <= console.width else Console(width=width, file=console.file)).print(renderable)

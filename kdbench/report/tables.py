@@ -16,6 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from kdbench.config import PIPELINE_CHECK, is_pipeline_check
 from kdbench.grid import Cell, expand
 from kdbench.store import ResultsStore, RunRecord
 
@@ -88,6 +89,8 @@ class Grid:
     header: list[str]
     rows: list[list[Entry]]
     notes: list[str] = field(default_factory=list)
+    runs: int = 0  # finished records found for its cells (0: every cell is "–")
+    profile: str = ""
 
 
 def direction(rgb: Stat | None, both: Stat | None) -> str:
@@ -153,6 +156,7 @@ class Lookup:
     seeds: Sequence[int] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # cell-defining grid options (config, teacher, data)
     seen: set[int] = field(default_factory=set)
+    found: set[str] = field(default_factory=set)  # hashes of the records used
 
     def cells(self, spec: str, **select: Any) -> list[Cell]:
         """The cells of ``spec`` as `kdbench grid` made them with the same options."""
@@ -161,6 +165,7 @@ class Lookup:
     def records(self, cell: Cell) -> list[RunRecord]:
         recs = [r for r in self.store.by_cell(cell.cfg.cell) if self.seeds is None or r.seed in self.seeds]
         self.seen.update(r.seed for r in recs)
+        self.found.update(r.hash for r in recs)
         return recs
 
     def stat(self, cell: Cell, get: Callable[[RunRecord], Any]) -> Stat | None:
@@ -256,8 +261,12 @@ def table4(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
             header += [f"{paper_label(ds)} Acc", f"{paper_label(ds)} AUC"]
     pub = paper_results()["table4"]
     rows: list[list[Entry]] = []
+    students = ordered(st for _, st in keys)
+    names = " / ".join(STUDENT_NAMES.get(st, st) for st in students)
+    # the spec's group labels (also the paper's row keys) -> what the rows really hold
+    shown = {"Xception": f"Vanilla {names}", "Teacher": "Teacher", "Student": f"TOKD student {names}"}
     for label in ("Xception", "Teacher", "Student"):
-        row: list[Entry] = [label]
+        row: list[Entry] = [shown[label]]
         for ds, st in keys:
             here = [c for c in cells if (c.cfg.dataset, c.cfg.student) == (ds, st)]
             for m in ("acc", "auc"):
@@ -274,7 +283,7 @@ def table4(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
     if paper:
         notes += paper_notes("Table 4 (ImageNet-pretrained Xception student and teacher branches)",
                              (ds for ds, _ in keys))
-    return Grid("Table 4: Xception vs teacher vs TOKD student", header, rows, notes)
+    return Grid(f"Table 4: vanilla {names} vs teacher vs TOKD student", header, rows, notes)
 
 
 def teacher_stat(look: Lookup, cells: Sequence[Cell], metric: str) -> Stat | None:
@@ -447,6 +456,8 @@ def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | N
     return Grid(f"Loss balance: distillation terms beside CE ({profile} profile)", header, rows, notes)
 
 
+SPECS = {3: "table3", 4: "table4", 5: "table5", 6: "table6", 7: "table7"}
+PROFILE_ORDER = ("paper", "gpu128", "cpu", "smoke")  # with no --profile: benchmarks first, the pipeline check last
 RESOLVER_NAMES = {"none": "Both", "pcgrad": "Both + PCGrad", "cagrad": "Both + CAGrad"}
 RESOLVER_MARK_NOTE = ("Mark on a resolver vs Both (the plain sum, `none`): ↑/↓ when the difference of the means "
                       "exceeds one standard error of it (sqrt(s1²/n1 + s2²/n2)); ≈ within it; ? with a single seed.")
@@ -508,10 +519,75 @@ def build_table(number: int | str, store: ResultsStore, profile: str = "cpu", st
                 paper: bool = False, options: Mapping[str, Any] | None = None, spec: str | None = None) -> Grid:
     """Table ``number`` (3-7, or ``"resolvers"``) from ``store``; ``seeds`` None keeps every seed found; ``options``:
     the cell-defining options the grid ran with (``config``, ``teacher``, ``data``, ``test_data``);
-    ``spec``: Table 3 only, another grid spec laid out as Table 3 (``table3x``: every distiller)."""
+    ``spec``: Table 3 only, another grid spec laid out as Table 3 (``table3x``: every distiller).
+    Its notes say when runs it cannot show are stored: of other profiles, or of students or
+    datasets outside the spec's lists (Table 6's spec is Xception-only, a res18t ablation is not)."""
     look = Lookup(store, seeds, options or {})
     if spec is not None:
         if number != 3:
             raise ValueError(f"--spec applies to Table 3 only, not Table {number}")
-        return table3(look, profile, students, datasets, metric, paper, spec=spec)
-    return BUILDERS[number](look, profile, students, datasets, metric, paper)
+        grid = table3(look, profile, students, datasets, metric, paper, spec=spec)
+    else:
+        grid = BUILDERS[number](look, profile, students, datasets, metric, paper)
+    grid.runs, grid.profile = len(look.found), profile
+    grid.title += f", {profile} profile"
+    if is_pipeline_check(profile):
+        grid.title += f" ({PIPELINE_CHECK})"
+        grid.notes.insert(0, f"{PIPELINE_CHECK}: profile {profile!r} runs tiny data for a few epochs to exercise "
+                             "the code; its numbers are not a benchmark.")
+    held = stored_profiles(store)
+    if not grid.runs and held:
+        grid.notes.append(f"no finished runs of these cells for profile {profile!r}; runs are stored for "
+                          f"{profile_counts(held)}: pass --profile NAME.")
+    if (grid.runs or profile in held) and (spec or number in SPECS):
+        grid.notes += outside_notes(spec or SPECS[number], store, profile, students, datasets, seeds, options or {})
+    return grid
+
+
+def build_tables(number: int, store: ResultsStore, profile: str | None = None, **kwargs: Any) -> list[Grid]:
+    """With a profile: its table. Without: the table of every profile that has runs for it
+    (benchmark profiles first); when none has, the cpu profile's, whose notes say what is stored."""
+    if profile is not None:
+        return [build_table(number, store, profile, **kwargs)]
+    grids = [g for p in sorted(stored_profiles(store), key=profile_rank)
+             if (g := build_table(number, store, p, **kwargs)).runs]
+    return grids or [build_table(number, store, "cpu", **kwargs)]
+
+
+def profile_rank(profile: str) -> tuple[int, str]:
+    return (PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else len(PROFILE_ORDER), profile)
+
+
+def stored_profiles(store: ResultsStore) -> dict[str, int]:
+    """Finished runs per profile."""
+    return store.counts("profile", status="done")
+
+
+def profile_counts(held: Mapping[str, int]) -> str:
+    return ", ".join(f"{p} ({n} run{'s' * (n != 1)})" for p, n in sorted(held.items(), key=lambda kv: profile_rank(kv[0])))
+
+
+def outside_notes(spec: str, store: ResultsStore, profile: str, students: Sequence[str] | None,
+                  datasets: Sequence[str] | None, seeds: Sequence[int] | None, options: Mapping[str, Any]) -> list[str]:
+    """A note for stored runs of this table's configurations that the table leaves out because
+    their student or dataset is not in its lists, with the option that shows them."""
+    notes = []
+    shown = Lookup(store, seeds, options).cells(spec, profile=profile, students=students, datasets=datasets)
+    for what, chosen, column in (("student", students, "student"), ("dataset", datasets, "dataset")):
+        if chosen is not None:
+            continue
+        listed = ordered(getattr(c.cfg, column) for c in shown)
+        others = [v for v in store.distinct(column, status="done", profile=profile) if v not in listed]
+        if not others:
+            continue
+        look = Lookup(store, seeds, options)
+        try:
+            cells = look.cells(spec, profile=profile, **{f"{what}s": others})
+        except Exception:  # noqa: BLE001 - a stored name no longer installed cannot be shown anyway
+            continue
+        found = ordered(getattr(c.cfg, column) for c in cells if look.records(c))
+        if found:
+            notes.append(f"{len(look.found)} stored run(s) of this table's configurations with {what} "
+                         f"{', '.join(found)} are not shown (the spec lists {', '.join(listed)}): "
+                         f"pass --{what}s {','.join(found)}.")
+    return notes

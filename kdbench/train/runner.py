@@ -1,17 +1,17 @@
 """One run end to end: data -> cached teacher -> student + distiller -> fit -> record."""
 from __future__ import annotations
 
+import os
 import platform
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from kdbench import __version__
-from kdbench.config import RunConfig
+from kdbench.config import ConfigError, RunConfig, changed_settings
 from kdbench.data.frames import FrameSet, FrameSplits
 from kdbench.data.registry import DatasetCache
 from kdbench.distiller import Distiller, reduce_taps
@@ -22,7 +22,8 @@ from kdbench.plugins import create_distiller, create_resolver, emit
 from kdbench.store import ResultsStore, RunRecord, StoreError, this_process
 from kdbench.train.runtime import Runtime, main_first, prepare_module
 from kdbench.train.teacher_cache import Teacher, TeacherCache
-from kdbench.train.trainer import fit
+from kdbench.train.trainer import epoch_summary, fit
+from kdbench.workspace import Workspace
 
 Log = Callable[[str], None]
 
@@ -45,26 +46,55 @@ class PhaseClock:
         return ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
 
 
-@dataclass(frozen=True)
-class Workspace:
-    """Where a run's artefacts go: the results store, teacher cache and run checkpoints."""
-
-    root: Path
-
-    @property
-    def store_path(self) -> Path:
-        return self.root / "results.sqlite"
-
-    def run_dir(self, run_hash: str) -> Path:
-        return self.root / "runs" / run_hash
-
-
-def versions() -> dict[str, str]:
+def versions() -> dict[str, Any]:
+    """The library versions and the environment a run ran in: recorded with it, never hashed
+    (the same configuration on one or two CPU threads, or another torch build, may differ in
+    the last digits; the record says which it was)."""
     import timm
     import torchvision
 
-    return {"kdbench": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "python": platform.python_version()}
+    return {"kdbench": __version__, "kdbench_commit": git_commit(), "torch": torch.__version__,
+            "torch_build": torch_build(), "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "python": platform.python_version(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def torch_build() -> str:
+    """"CUDA 12.8", "ROCm 6.2" or "CPU-only"."""
+    if torch.version.cuda:
+        return f"CUDA {torch.version.cuda}"
+    if getattr(torch.version, "hip", None):
+        return f"ROCm {torch.version.hip}"
+    return "CPU-only"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The commit of the kdbench checkout this runs from (with "+dirty" when files differ), or None
+    for an installed wheel. Read with git itself; a missing git is simply no commit."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
 
 
 def device_name(device: torch.device) -> str:
@@ -157,18 +187,22 @@ def online_teacher(model: torch.nn.Module, taps: list[str], reductions: Mapping[
 
 def run(cfg: RunConfig, ws: Workspace, store: ResultsStore, rt: Runtime, spec: str = "",
         log: Log = print, progress: bool = True, datasets: DatasetCache | None = None,
-        teachers: TeacherCache | None = None) -> RunRecord:
+        teachers: TeacherCache | None = None, loggers: Sequence[str] = ()) -> RunRecord:
     """Train ``cfg`` and store its record; a failure is recorded, then re-raised.
-    ``datasets``, ``teachers``: caches shared by the runs of a grid (default: load afresh)."""
+    ``datasets``, ``teachers``: caches shared by the runs of a grid (default: load afresh).
+    ``progress``: a progress bar (a terminal); without one, a line per epoch goes to ``log``.
+    ``loggers``: logger plugins asked for (``--log tensorboard``); every event carries them,
+    the run's hash and its folder, and a logger not asked for does nothing."""
     previous = store.get(cfg.hash) if rt.is_main else None
     put = store.put if rt.is_main else (lambda _rec: None)  # one writer per run
     return train(cfg, ws, rt, put, previous, spec=spec, log=log, progress=progress, datasets=datasets,
-                 teachers=teachers)
+                 teachers=teachers, loggers=loggers)
 
 
 def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord], None],
           previous: RunRecord | None = None, spec: str = "", log: Log = print, progress: bool = True,
-          datasets: DatasetCache | None = None, teachers: TeacherCache | None = None) -> RunRecord:
+          datasets: DatasetCache | None = None, teachers: TeacherCache | None = None,
+          loggers: Sequence[str] = ()) -> RunRecord:
     """``run`` without the store: the record goes to ``put`` when the run starts (after its
     set-up: a usage error leaves no record) and when it ends (done, failed or interrupted), so a
     process that must not write the store (a Ray worker, ``kdbench.grid_ray``) hands it to one
@@ -178,15 +212,28 @@ def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord],
     rec = RunRecord(hash=run_hash, cell=cfg.cell, method=cfg.method, mode=cfg.mode, student=cfg.student, dataset=cfg.dataset,
                     test_dataset=cfg.test_dataset or cfg.dataset, profile=cfg.profile, seed=cfg.seed, spec=spec,
                     status="running", config=cfg.to_dict(), device=device_name(rt.device), versions=versions())
+    try:  # what options and config files changed against the bare profile: `kdbench results` shows it
+        changed = changed_settings(cfg)
+    except ConfigError:  # a profile file that has since moved: nothing to compare with
+        changed = {}
     if previous is not None:  # a resumed run keeps its creation time and accumulates wall time
         rec.created, rec.wall_time = previous.created, previous.wall_time
+    context = {"hash": run_hash, "run_dir": str(ws.run_dir(run_hash)),
+               "loggers": list(loggers) if rt.is_main else []}  # one process logs a torchrun run
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        emit("epoch_end", rec.config, {**context, **row})
+        if not progress:
+            log(f"{cfg.method} {epoch_summary(row, cfg.train.epochs)}")
+
     t0 = time.perf_counter()
     clock = PhaseClock()
 
     def finish() -> None:
         rec.wall_time = (rec.wall_time or 0.0) + time.perf_counter() - t0
         put(rec)
-        emit("run_end" if rec.status == "done" else "run_failed", rec.config, {"hash": run_hash, "status": rec.status})
+        emit("run_end" if rec.status == "done" else "run_failed", rec.config,
+             {**context, "status": rec.status, "metrics": rec.metrics or {}})
 
     # Set-up before the record: the distiller is built first (from the teacher's architecture,
     # not its weights), so a bad option fails in seconds, before the teacher trains, and a
@@ -208,9 +255,9 @@ def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord],
     # cross-dataset testing: the teacher (trained and tested below) stays the training dataset's
     cross_test = datasets.load(cfg.test_dataset, size, cfg.test_data)["test"] if cfg.test_dataset else None
     clock.lap("data")
-    rec.history = {"process": this_process()}  # a reader tells a live run from a killed one
+    rec.history = {"process": this_process(), "changed": changed}  # a reader tells a live run from a killed one
     put(rec)
-    emit("run_start", rec.config, {"hash": run_hash})
+    emit("run_start", rec.config, context)
     try:
         teacher = teachers.get(cfg, splits, ws.root, rt, log=log, progress=progress)
         rec.teacher = teacher.hash
@@ -226,9 +273,7 @@ def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord],
         result = fit(student, splits["train"], splits["val"], splits["test"], cfg.train, cfg.seed,
                      distiller=distiller, features=features, online_teacher=online_teacher, rt=rt,
                      checkpoint=ws.run_dir(run_hash) / "state.pt", identity=run_hash, label=cfg.method,
-                     progress=progress, resolver=resolver, warn=log,
-
-                     on_epoch=lambda row: emit("epoch_end", rec.config, row))
+                     progress=progress, resolver=resolver, warn=log, on_epoch=on_epoch)
         clock.lap("train")
         if rt.is_main:
             atomic_save({"student": cfg.student, "num_classes": 2, "image_size": size, "config": cfg.to_dict(),
@@ -238,13 +283,13 @@ def train(cfg: RunConfig, ws: Workspace, rt: Runtime, put: Callable[[RunRecord],
         rec.metrics = {"test": result.test, "val": result.val, "best_epoch": result.best_epoch,
                        "teacher": teacher.metrics}
         runtime = {**rt.describe(), "frames": placement, "teacher_features": source, "phases": clock.seconds}
-        rec.history = {**result.history, "runtime": runtime}
+        rec.history = {**result.history, "runtime": runtime, "changed": changed}
         rec.status = "done"
         log(f"run {run_hash}: done in {sum(clock.seconds.values()):.1f} s ({clock.summary()})")
     except BaseException as exc:
         rec.status = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         rec.error = f"{type(exc).__name__}: {exc}"
-        rec.history = {"traceback": traceback.format_exc(limit=5)}
+        rec.history = {"traceback": traceback.format_exc(limit=5), "changed": changed}
         try:
             finish()
         except StoreError as store_exc:  # the run's own failure is what the user must see

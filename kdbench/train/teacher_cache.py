@@ -213,7 +213,7 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
                    log: Log = print, progress: bool = True) -> Teacher:
     """The cached teacher for ``cfg``, trained now if there is none (or it is stale/corrupt).
     Under torchrun, rank 0 trains it alone while the other processes wait, then all load it."""
-    from kdbench.train.trainer import fit
+    from kdbench.train.trainer import epoch_summary, fit
 
     key_hash = digest(teacher_key(cfg))
     root = workdir / "teachers" / key_hash
@@ -240,7 +240,8 @@ def ensure_teacher(cfg: RunConfig, splits: FrameSplits, workdir: Path, rt: Runti
                                eval_batch_size=cfg.train.eval_batch_size, lr=t.lr, lr_step=t.lr_step,
                                lr_gamma=t.lr_gamma, log_every=0)
             res = fit(model, splits["train"], splits["val"], splits["test"], tcfg, seed=t.seed, rt=single,
-                      label="teacher", progress=progress)
+                      label="teacher", progress=progress,
+                      on_epoch=None if progress else lambda row: log(f"teacher {epoch_summary(row, t.epochs)}"))
             metrics = {"best_epoch": res.best_epoch, "val": res.val, "test": res.test,
                        "params": sum(p.numel() for p in model.parameters()),
                        "train_s": round(time.perf_counter() - t0, 1)}
