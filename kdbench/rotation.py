@@ -1,6 +1,6 @@
 """TOKD's rotation module: R_k in SO(d) acting on the first d coordinates of vec(S_B(x)).
 
-Layout (notes/rotation-design.md, section 0): each sample's feature z of shape
+Layout (docs/design/rotation-design.md, section 0): each sample's feature z of shape
 (C, H, W) is flattened in logical (C, H, W) order to a vector of length
 D = C*H*W; R_k rotates its first d coordinates, ``m_k = diag(R_k, I_{D-d}) vec(z)``
 (RotoGrad's partial rotation of a flat latent). Rows are samples, so in code a

@@ -54,7 +54,7 @@ class AT(Distiller):
     name = "at"
     description = "Attention transfer: match normalised spatial attention maps of stage outputs."
     defaults = {
-        "beta": HParam(1000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill attention -b 1000"),
+        "beta": HParam(1000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill attention -b 1000", low=0.0),
         "p": HParam(2, source="AT paper (p=2) and RepDistiller Attention(p=2)", low=0, low_open=True),
         "stages": HParam("stage1,stage2,stage3,stage4",
                          source="RepDistiller: every residual stage (feat[1:-1]); the 4 stages of ImageNet-style nets"),

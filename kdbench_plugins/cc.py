@@ -57,7 +57,7 @@ class CC(Distiller):
     defaults = {
         "beta": HParam(80.0, source="kdbench: CC's KD/CE gradient ratio at initialisation (0.017 at beta 1, 64 px, "
                                     "benchmarks/distiller_balance.py) brought to RKD's at RepDistiller's weights (1.3); "
-                                    "docs/baselines.md"),
+                                    "docs/baselines.md", low=0.0),
         "gamma": HParam(0.4, source="torchdistill CCKDLoss example (Peng et al.): gamma 0.4"),
         "order": HParam(2, source="torchdistill CCKDLoss example (Peng et al.): max_p 2"),
     }

@@ -91,7 +91,7 @@ class CRD(Distiller):
     wants_index = True
     description = "Contrastive representation distillation: NCE against per-sample memory banks of pooled embeddings."
     defaults = {
-        "beta": HParam(0.8, source="RepDistiller scripts/run_cifar_distill.sh: --distill crd -a 0 -b 0.8"),
+        "beta": HParam(0.8, source="RepDistiller scripts/run_cifar_distill.sh: --distill crd -a 0 -b 0.8", low=0.0),
         "feat_dim": HParam(128, source="RepDistiller train_student.py --feat_dim 128"),
         "nce_k": HParam(16384, source="RepDistiller train_student.py --nce_k 16384 (capped at the negative pool)"),
         "nce_t": HParam(0.07, source="RepDistiller train_student.py --nce_t 0.07"),

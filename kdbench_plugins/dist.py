@@ -37,7 +37,7 @@ class DIST(Distiller):
     description = ("DIST: Pearson correlation of class scores (inter) and over the batch (intra) on the teacher's "
                    "fused-head logits; with two classes only the intra term has a gradient.")
     defaults = {
-        "beta": HParam(1.0, source="Huang et al. 2022 ImageNet setting; torchdistill DISTLoss beta=1.0"),
+        "beta": HParam(1.0, source="Huang et al. 2022 ImageNet setting; torchdistill DISTLoss beta=1.0", low=0.0),
         "gamma": HParam(1.0, source="Huang et al. 2022 ImageNet setting; torchdistill DISTLoss gamma=1.0"),
         "tau": HParam(1.0, source="Huang et al. 2022 ImageNet setting; torchdistill DISTLoss tau=1.0"),
         "eps": HParam(1e-8, source="torchdistill DISTLoss eps=1e-8 (cosine similarity)"),

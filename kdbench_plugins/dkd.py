@@ -55,8 +55,8 @@ class DKD(Distiller):
     description = ("Decoupled KD (target + non-target parts) on the teacher's fused-head logits; with two "
                    "classes the non-target part is 0 and DKD is KD with alpha 1.")
     defaults = {
-        "alpha": HParam(1.0, source="mdistiller configs/cifar100/dkd/*.yaml: DKD.ALPHA 1.0"),
-        "beta": HParam(8.0, source="mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA 8.0"),
+        "alpha": HParam(1.0, source="mdistiller configs/cifar100/dkd/*.yaml: DKD.ALPHA 1.0", low=0.0),
+        "beta": HParam(8.0, source="mdistiller configs/cifar100/dkd/*.yaml: DKD.BETA 8.0", low=0.0),
         "temperature": HParam(4.0, source="mdistiller configs/cifar100/dkd/*.yaml: DKD.T 4.0"),
         "ce_weight": HParam(1.0, source="mdistiller configs/cifar100/dkd/*.yaml: DKD.CE_WEIGHT 1.0"),
     }

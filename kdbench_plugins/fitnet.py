@@ -24,7 +24,7 @@ class FitNet(Distiller):
     name = "fitnet"
     description = "FitNet hints: regress a teacher stage map from the student's through a conv connector."
     defaults = {
-        "beta": HParam(100.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill hint -a 0 -b 100"),
+        "beta": HParam(100.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill hint -a 0 -b 100", low=0.0),
         "hint": HParam("stage2", source="RepDistiller --hint_layer 2: the output of the 2nd residual stage",
                        choices=STAGES),
         "kernel": HParam(1, source="RepDistiller ConvReg for equal sizes (kernel 1+s_H-t_H = 1); "

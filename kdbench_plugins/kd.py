@@ -50,7 +50,7 @@ class KD(Distiller):
                    "(it has no per-branch classifier).")
     defaults = {
         "temperature": HParam(4.0, source="RepDistiller train_student.py --kd_T 4"),
-        "alpha": HParam(0.9, source="RepDistiller scripts/run_cifar_distill.sh: --distill kd -r 0.1 -a 0.9"),
+        "alpha": HParam(0.9, source="RepDistiller scripts/run_cifar_distill.sh: --distill kd -r 0.1 -a 0.9", low=0.0),
         "ce_weight": HParam(0.1, source="RepDistiller scripts/run_cifar_distill.sh: -r 0.1 (the CE weight)"),
         "standardize": HParam(False, source="Sun et al. CVPR 2024 (logit standardisation): off, degenerate at 2 classes"),
         "eps": HParam(1e-7, source="Sun et al.'s code and torchdistill LogitStdKDLoss (eps=1e-7)"),

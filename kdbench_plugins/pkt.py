@@ -25,7 +25,7 @@ class PKT(Distiller):
     name = "pkt"
     description = "Probabilistic knowledge transfer on the pooled embedding (batch similarity distributions)."
     defaults = {
-        "beta": HParam(30000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill pkt -b 30000"),
+        "beta": HParam(30000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill pkt -b 30000", low=0.0),
         "eps": HParam(1e-7, source="RepDistiller PKT and torchdistill PKTLoss (eps=1e-7)"),
     }
 

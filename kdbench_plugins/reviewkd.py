@@ -92,7 +92,7 @@ class ReviewKD(Distiller):
     name = "reviewkd"
     description = "Knowledge review: student levels fused deep-to-shallow (ABF), matched level by level (HCL)."
     defaults = {
-        "beta": HParam(1.0, source="ReviewKD ImageNet train.py --kd-loss-weight 1.0"),
+        "beta": HParam(1.0, source="ReviewKD ImageNet train.py --kd-loss-weight 1.0", low=0.0),
         "mid_channels": HParam(512, source="ReviewKD ImageNet build_review_kd: mid_channel=512 (capped at the "
                                            "student's widest level)"),
         "levels": HParam("stage1,stage2,stage3,stage4,pooled",

@@ -46,8 +46,8 @@ class RKD(Distiller):
     name = "rkd"
     description = "Relational KD: distances and angles between the batch's pooled embeddings."
     defaults = {
-        "dist_weight": HParam(25.0, source="RepDistiller distiller_zoo/RKD.py: RKDLoss(w_d=25)"),
-        "angle_weight": HParam(50.0, source="RepDistiller distiller_zoo/RKD.py: RKDLoss(w_a=50)"),
+        "dist_weight": HParam(25.0, source="RepDistiller distiller_zoo/RKD.py: RKDLoss(w_d=25)", low=0.0),
+        "angle_weight": HParam(50.0, source="RepDistiller distiller_zoo/RKD.py: RKDLoss(w_a=50)", low=0.0),
     }
 
     def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:

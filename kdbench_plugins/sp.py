@@ -35,7 +35,7 @@ class SP(Distiller):
     name = "sp"
     description = "Similarity-preserving KD: match the batch's normalised Gram matrices of the last stage."
     defaults = {
-        "beta": HParam(3000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill similarity -b 3000"),
+        "beta": HParam(3000.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill similarity -b 3000", low=0.0),
     }
 
     def setup(self) -> None:

@@ -61,7 +61,7 @@ class TOKD(Distiller):
     # trainer need not run its own per-term autograd.grad on log steps.
     reports_grad_cos = True
     defaults = {
-        "alpha": HParam(10.0, "paper Sec. 5.1: alpha1 = alpha2 = 10 on FF++ (use 200 on Celeb-DF)"),
+        "alpha": HParam(10.0, "paper Sec. 5.1: alpha1 = alpha2 = 10 on FF++ (use 200 on Celeb-DF)", low=0.0),
         "distance": HParam("sq_l2", "Eq. 6/7: sq_l2 = per-sample ||a - b||^2 of unit maps (size-free); "
                                     "mse = mean over elements (the former form; docs/tokd.md)", choices=DISTANCES),
         "branches": HParam("auto", "Table 6 rows: auto = from mode (rgb -> rgb, both -> both); or rgb | fre | both",

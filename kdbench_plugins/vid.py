@@ -38,7 +38,7 @@ class VID(Distiller):
     name = "vid"
     description = "Variational information distillation: Gaussian likelihood of teacher maps given student maps."
     defaults = {
-        "beta": HParam(1.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill vid -b 1"),
+        "beta": HParam(1.0, source="RepDistiller scripts/run_cifar_distill.sh: --distill vid -b 1", low=0.0),
         "init_pred_var": HParam(5.0, source="RepDistiller VIDLoss(init_pred_var=5.0)"),
         "eps": HParam(1e-5, source="RepDistiller VIDLoss(eps=1e-5)"),
         "stages": HParam("stage1,stage2,stage3,stage4",

@@ -128,6 +128,7 @@ def test_config_typos_and_ranges_are_refused(tmp_path, toml, needle):
     (["--seed", "99999999999999999999"], "seed 99999999999999999999 is out of range"),
     (["--hp", "rotation_dim=inf"], "hyper-parameter rotation_dim='inf' is not a valid int"),
     (["--method", "fitnet", "--hp", "beta=nan"], "hyper-parameter beta='nan' is not a valid float"),
+    (["--method", "at", "--hp", "beta=-1"], "hyper-parameter beta=-1.0 for 'at': must be >= 0"),
     (["--data", "methods=[a"], "--data methods='[a' is not a valid value: while parsing"),
     (["--data", "x=!!python/object/apply:os.system ['echo pwned']"], "could not determine a constructor"),
 ])

@@ -1,6 +1,6 @@
 """kdbench.rotation: SO(d) rotations of the first d latent coordinates and TOKD's leader update.
 
-Numbers refer to notes/rotation-design.md section 7. Sizes stay tiny (d <= 64 for
+Numbers refer to docs/design/rotation-design.md section 7. Sizes stay tiny (d <= 64 for
 the parametrised maps) so the file runs in seconds on 2 shared cores.
 """
 from __future__ import annotations

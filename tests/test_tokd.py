@@ -1,6 +1,6 @@
 """The TOKD distiller plugin, through the public contract only (create_distiller, StepInfo).
 
-Numbers refer to notes/rotation-design.md section 7. Most tests use a toy latent
+Numbers refer to docs/design/rotation-design.md section 7. Most tests use a toy latent
 (8, 4, 4) so they run in milliseconds; the smoke tests use res18t against a
 res10t dual-branch teacher at 48 px.
 """
