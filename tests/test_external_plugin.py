@@ -112,7 +112,7 @@ def test_plain_defaults_listed_and_malformed_named_in_one_line(third_party_site,
     check = kdbench("plugins", "check", "pooledl2", "--students", "res18t", site=third_party_site, home=tmp_path)
     assert check.returncode == 0 and "pooledl2: 14 passed, 0 failed" in check.stdout, check.stdout
     bad = kdbench("plugins", "check", "notadict", site=third_party_site, home=tmp_path)
-    assert bad.returncode == 1 and "Traceback" not in bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
     assert "is broken" in bad.stdout and "defaults must be a dict" in bad.stdout
 
 
