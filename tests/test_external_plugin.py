@@ -113,7 +113,8 @@ def test_plain_defaults_listed_and_malformed_named_in_one_line(third_party_site,
     assert check.returncode == 0 and "pooledl2: 14 passed, 0 failed" in check.stdout, check.stdout
     bad = kdbench("plugins", "check", "notadict", site=third_party_site, home=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
-    assert "is broken" in bad.stdout and "defaults must be a dict" in bad.stdout
+    said = bad.stdout + bad.stderr  # the error line goes to stderr, as every CLI error does
+    assert "is broken" in said and "defaults must be a dict" in said, said
 
 
 def test_hparam_choices_and_ranges_refused_in_one_line(third_party_site, tmp_path):

@@ -265,8 +265,9 @@ def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
         ws = Workspace(tmp_path / f"fresh-{cfg.mode}")
         fresh[cfg.mode] = run(cfg, ws, ResultsStore(ws.store_path), RT, **quiet)
     reads = []
-    real_load = teacher_cache.safe_load
-    monkeypatch.setattr(teacher_cache, "safe_load", lambda path: reads.append(path.name) or real_load(path))
+    for reader in ("safe_load", "load_verified"):  # the teacher's checkpoint, the digested feature files
+        real = getattr(teacher_cache, reader)
+        monkeypatch.setattr(teacher_cache, reader, lambda path, *a, real=real: reads.append(path.name) or real(path, *a))
     builds, real_build = [], teacher_cache.build_teacher
     monkeypatch.setattr(teacher_cache, "build_teacher",
                         lambda cfg, load_weights=True: builds.append(load_weights) or real_build(cfg, load_weights))

@@ -170,7 +170,13 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
                   ) -> Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]:
     """``--compile``: the student's forward through ``torch.compile`` (returned: the module itself
     keeps its checkpoint keys) and the distiller's loss compiled in place (its state_dict keys stay
-    as they are), so the losses' many small kernels are fused too."""
+    as they are), so the losses' many small kernels are fused too. Donated buffers are turned off:
+    on a logging step the loss-balance diagnostic (``kdbench.train.balance``) takes each term's
+    gradient through the compiled student with the graph retained, which a backward whose
+    buffers were donated refuses."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     if distiller is not None:
         distiller.compile(mode=mode)
     return torch.compile(model, mode=mode)
