@@ -1,4 +1,13 @@
+"""Shared fixtures: the two ways a test launches the command line, the smoke workspace, one thread.
+
+``kdbench`` runs the CLI as a user does (a subprocess: real exit codes, stdout and stderr apart,
+plugins found through entry points and ``site`` as an extra path); ``cli`` runs it in this process
+through typer's test runner (no interpreter start, no torch import per call: the fast choice when
+the exit code and the output are all a test reads)."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -6,6 +15,44 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def launch(*args, home=None, site=None, extra_env=None, timeout=None) -> subprocess.CompletedProcess:
+    """``kdbench ARGS`` in a subprocess, with ``KDBENCH_HOME=home`` and ``site`` on PYTHONPATH
+    (a ``pip install --target`` folder: a third-party plugin installed as a user would)."""
+    env = {**os.environ, "COLUMNS": "200", **({"KDBENCH_HOME": str(home)} if home is not None else {}),
+           **({"PYTHONPATH": str(site)} if site is not None else {}), **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "kdbench.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def invoke(*args, home=None, columns=200):
+    """``kdbench ARGS`` in this process (typer's CliRunner): ``.exit_code``, ``.output``, ``.stdout``."""
+    from typer.testing import CliRunner
+
+    from kdbench.cli import app
+
+    env = {"COLUMNS": str(columns), **({"KDBENCH_HOME": str(home)} if home is not None else {})}
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def pip_install_target(package: Path, target: Path) -> Path:
+    """``pip install --target`` of a local package (the examples' third-party plugins)."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(package)], check=True)
+    return target
+
+
+@pytest.fixture
+def kdbench():
+    """The CLI as a subprocess: ``kdbench("run", "--profile", "smoke", home=tmp_path)``."""
+    return launch
+
+
+@pytest.fixture
+def cli():
+    """The CLI in this process: ``cli("table", 3, "--workdir", root)``."""
+    return invoke
 
 
 @pytest.fixture(scope="session")

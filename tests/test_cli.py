@@ -1,16 +1,8 @@
 """The command line as a user runs it (subprocesses, real exit codes)."""
 import csv
 import io
-import os
-import subprocess
-import sys
 
 import pytest
-
-
-def kdbench(*args, home):
-    env = {**os.environ, "KDBENCH_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -23,7 +15,7 @@ def kdbench(*args, home):
     (["--method", "fitnet", "--hp", "beta=abc"], "hyper-parameter beta='abc' is not a valid float"),
     (["--data-root", "/no/such/dir"], "dataset root not found: /no/such/dir"),
 ])
-def test_bad_choices_are_one_line_exit_2(tmp_path, args, needle):
+def test_bad_choices_are_one_line_exit_2(kdbench, tmp_path, args, needle):
     proc = kdbench("run", *args, home=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -31,7 +23,7 @@ def test_bad_choices_are_one_line_exit_2(tmp_path, args, needle):
     assert "Traceback" not in proc.stderr
 
 
-def test_run_then_cached_teacher_then_results(tmp_path):
+def test_run_then_cached_teacher_then_results(kdbench, tmp_path):
     first = kdbench("run", "--method", "fitnet", "--mode", "both", "--student", "res18t", "--profile", "smoke",
                     home=tmp_path)
     assert first.returncode == 0, first.stderr

@@ -1,8 +1,5 @@
 """Bad inputs end in one line and a non-zero exit, and nothing already computed is lost."""
-import os
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 from test_plugins import install_fake
@@ -28,11 +25,6 @@ def kdbench_distillers():
 '''
 
 
-def kdbench(*args, home, extra_env=None):
-    env = {**os.environ, "KDBENCH_HOME": str(home), "COLUMNS": "200", **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, env=env)
-
-
 def one_line_error(proc, needle, code):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code, proc.stderr
@@ -40,7 +32,7 @@ def one_line_error(proc, needle, code):
     assert "Traceback" not in proc.stderr
 
 
-def test_malformed_config_file(tmp_path):
+def test_malformed_config_file(kdbench, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nepochs = 2\n")
     one_line_error(kdbench("run", "--config", str(bad), home=tmp_path), "malformed config file", 2)
@@ -49,17 +41,17 @@ def test_malformed_config_file(tmp_path):
     one_line_error(kdbench("run", "--config", str(unknown), home=tmp_path), "unknown train setting epochz", 2)
 
 
-def test_missing_teacher_weights(tmp_path):
+def test_missing_teacher_weights(kdbench, tmp_path):
     proc = kdbench("run", "--profile", "smoke", "--teacher-weights", str(tmp_path / "none.pth"), home=tmp_path)
     one_line_error(proc, "teacher weights file not found", 2)
 
 
-def test_rotation_dim_larger_than_latent(tmp_path):
+def test_rotation_dim_larger_than_latent(kdbench, tmp_path):
     proc = kdbench("run", "--method", "tokd", "--profile", "smoke", "--rotation-dim", "999999", home=tmp_path)
     one_line_error(proc, "exceeds the student latent size D=C*H*W=256*2*2=1024", 2)
 
 
-def test_nan_loss_fails_the_run_and_the_grid_goes_on(tmp_path):
+def test_nan_loss_fails_the_run_and_the_grid_goes_on(kdbench, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     install_fake(site, "kdb-nanloss", "kdbtest_nanloss", NAN_PLUGIN)
@@ -76,7 +68,7 @@ def test_nan_loss_fails_the_run_and_the_grid_goes_on(tmp_path):
     assert "term 'kd_rgb'" in failed.error
 
 
-def test_locked_results_store(tmp_path):
+def test_locked_results_store(kdbench, tmp_path):
     ResultsStore(tmp_path / "results.sqlite")
     holder = sqlite3.connect(tmp_path / "results.sqlite")
     holder.execute("BEGIN EXCLUSIVE")
@@ -86,16 +78,6 @@ def test_locked_results_store(tmp_path):
         holder.rollback()
         holder.close()
     one_line_error(proc, "database is locked", 1)
-
-
-def cli(*args, home):
-    """The command in this process (no torch import per case): stderr and the exit code."""
-    from typer.testing import CliRunner
-
-    from kdbench.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"KDBENCH_HOME": str(home), "COLUMNS": "200"})
-    return result
 
 
 def in_process_error(result, needle, code):
@@ -116,7 +98,7 @@ def in_process_error(result, needle, code):
     ("[train]\nimage_size = 0\n", "train.image_size=0 is out of range: it must be >= 32"),
     ("[teacher]\nlr = nan\n", "teacher.lr=nan is not a finite number"),
 ])
-def test_config_typos_and_ranges_are_refused(tmp_path, toml, needle):
+def test_config_typos_and_ranges_are_refused(cli, tmp_path, toml, needle):
     path = tmp_path / "c.toml"
     path.write_text(toml)
     in_process_error(cli("run", "--profile", "smoke", "--config", path, home=tmp_path), needle, 2)
@@ -132,22 +114,22 @@ def test_config_typos_and_ranges_are_refused(tmp_path, toml, needle):
     (["--data", "methods=[a"], "--data methods='[a' is not a valid value: while parsing"),
     (["--data", "x=!!python/object/apply:os.system ['echo pwned']"], "could not determine a constructor"),
 ])
-def test_bad_values_are_one_line_where_they_enter(tmp_path, args, needle):
+def test_bad_values_are_one_line_where_they_enter(cli, tmp_path, args, needle):
     in_process_error(cli("run", "--profile", "smoke", *args, home=tmp_path), needle, 2)
 
 
-def test_a_usage_error_stores_no_record(tmp_path):
+def test_a_usage_error_stores_no_record(cli, tmp_path):
     """Found while building the distiller (after the config resolved): still nothing is stored."""
     result = cli("run", "--method", "tokd", "--profile", "smoke", "--rotation-dim", "999999", home=tmp_path)
     in_process_error(result, "exceeds the student latent size", 2)
     assert ResultsStore(tmp_path / "results.sqlite").query() == []
 
 
-def test_results_delete_of_an_unknown_hash(tmp_path):
+def test_results_delete_of_an_unknown_hash(cli, tmp_path):
     in_process_error(cli("results", "--delete", "0123abcd", home=tmp_path), "no record 0123abcd in", 2)
 
 
-def test_an_empty_store_file_is_warned_about(tmp_path):
+def test_an_empty_store_file_is_warned_about(cli, tmp_path):
     (tmp_path / "results.sqlite").write_bytes(b"")
     result = cli("results", "--format", "csv", home=tmp_path)
     assert result.exit_code == 0 and "is an empty (0-byte) file" in result.output, result.output
@@ -163,7 +145,7 @@ def test_a_checkpoint_holding_a_list_is_refused(tmp_path):
         load_checkpoint(path, "abc")
 
 
-def test_brackets_print_as_written(tmp_path, capsys):
+def test_brackets_print_as_written(cli, tmp_path, capsys):
     """Rich markup never eats user text: install hints, stored names, paths."""
     from kdbench.cli.common import error
 

@@ -1,28 +1,18 @@
 """The example third-party package, installed with pip, used through the CLI only."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import pip_install_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT / "examples" / "kdbench-nst")], check=True)
-    return target
+    return pip_install_target(ROOT / "examples" / "kdbench-nst", tmp_path_factory.mktemp("site"))
 
 
-def kdbench(*args, site, home):
-    env = {**os.environ, "PYTHONPATH": str(site), "KDBENCH_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, env=env)
-
-
-def test_installed_plugin_is_listed_checked_run_and_gridded(site, tmp_path):
+def test_installed_plugin_is_listed_checked_run_and_gridded(kdbench, site, tmp_path):
     listing = kdbench("plugins", site=site, home=tmp_path)
     assert "nst" in listing.stdout and "kdbench-nst" in listing.stdout
     check = kdbench("plugins", "check", "nst", "--students", "res18t", site=site, home=tmp_path)
@@ -90,13 +80,10 @@ def third_party_site(tmp_path_factory):
         '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
         '[project]\nname = "kdbench-third-party"\nversion = "0.1"\ndependencies = ["kdbench"]\n'
         f'[project.entry-points.kdbench]\n{entry_points}\n[tool.setuptools]\npy-modules = {modules!r}\n'.replace("'", '"'))
-    target = tmp_path_factory.mktemp("third-party-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(src)], check=True)
-    return target
+    return pip_install_target(src, tmp_path_factory.mktemp("third-party-site"))
 
 
-def test_plain_defaults_listed_and_malformed_named_in_one_line(third_party_site, tmp_path):
+def test_plain_defaults_listed_and_malformed_named_in_one_line(kdbench, third_party_site, tmp_path):
     listing = kdbench("plugins", site=third_party_site, home=tmp_path)
     assert listing.returncode == 0 and "Traceback" not in listing.stdout + listing.stderr, listing.stderr
     row = next(line for line in listing.stdout.splitlines() if "pooledl2" in line)
@@ -117,7 +104,7 @@ def test_plain_defaults_listed_and_malformed_named_in_one_line(third_party_site,
     assert "is broken" in said and "defaults must be a dict" in said, said
 
 
-def test_hparam_choices_and_ranges_refused_in_one_line(third_party_site, tmp_path):
+def test_hparam_choices_and_ranges_refused_in_one_line(kdbench, third_party_site, tmp_path):
     run = kdbench("run", "--method", "pooledl2", "--hp", "tap=stage1", "--profile", "smoke",
                   site=third_party_site, home=tmp_path)
     assert run.returncode == 2 and "Traceback" not in run.stderr

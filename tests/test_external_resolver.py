@@ -1,27 +1,17 @@
 """The example third-party resolver package, installed with pip, used through the CLI."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import pip_install_target
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(ROOT / "examples" / "kdbench-mgda")], check=True)
-    return target
-
-
-def kdbench(*args, site, home):
-    env = {**os.environ, "PYTHONPATH": str(site), "KDBENCH_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "kdbench.cli", *args], capture_output=True, text=True, env=env)
+    return pip_install_target(ROOT / "examples" / "kdbench-mgda", tmp_path_factory.mktemp("site"))
 
 
 def test_installed_mgda_is_the_min_norm_point_of_the_hull(site, monkeypatch):
@@ -39,7 +29,7 @@ def test_installed_mgda_is_the_min_norm_point_of_the_hull(site, monkeypatch):
 
 
 @pytest.mark.slow
-def test_installed_resolver_is_listed_checked_and_run(site, smoke_workspace):
+def test_installed_resolver_is_listed_checked_and_run(kdbench, site, smoke_workspace):
     home = smoke_workspace.root  # the session's smoke teacher
     listing = kdbench("plugins", site=site, home=home)
     assert "mgda" in listing.stdout and "kdbench-mgda" in listing.stdout

@@ -57,7 +57,6 @@ def kdbench_on_event(event, run, payload):
 '''
 
 
-
 def crash_plugin_site(path: Path) -> Path:
     """CRASH_PLUGIN as an installed distribution (entry point in group ``kdbench``) under ``path``."""
     info = path / "kdbench_crash_once-0.dist-info"

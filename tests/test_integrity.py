@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import invoke, launch
 
 from kdbench import io
 from kdbench.io import CorruptFileError, NoSpaceError, atomic_save, digest_path, load_verified
@@ -91,18 +92,14 @@ def small_disk(tmp_path):
 def test_a_run_on_a_disk_that_fills_up(tmp_path):
     """The issue's case: a 20 MB workdir holds the smoke teacher and its features, not the first
     epoch's checkpoint. One line naming the cause, no temporary file, a failed record, a readable store."""
-    import sys
 
     for disk in mount_tmpfs(tmp_path / "disk", "20m"):
-        env = {**os.environ, "KDBENCH_HOME": str(disk), "COLUMNS": "200"}
-        proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "vanilla", "--profile",
-                               "smoke", "--no-progress"], capture_output=True, text=True, env=env)
+        proc = launch("run", "--method", "vanilla", "--profile", "smoke", "--no-progress", home=disk)
         assert proc.returncode == 1, proc.stderr
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: no space left on device writing ") and "Traceback" not in proc.stderr, last
         assert leftovers(disk) == []
-        listing = subprocess.run([sys.executable, "-m", "kdbench.cli", "results", "--format", "csv"],
-                                 capture_output=True, text=True, env=env)
+        listing = launch("results", "--format", "csv", home=disk)
         assert listing.returncode == 0, listing.stderr
         assert ",failed," in listing.stdout and "no space left on device writing" in listing.stdout
 
@@ -149,9 +146,6 @@ def test_a_run_failing_on_a_full_disk_is_recorded_with_its_cause(tmp_path, monke
 
 def test_reading_the_store_on_a_full_disk(small_disk):
     """`kdbench results` opens the store read-only: it works when SQLite cannot create its -shm."""
-    from typer.testing import CliRunner
-
-    from kdbench.cli import app
     from kdbench.store import ResultsStore, RunRecord
 
     store = ResultsStore(small_disk / "results.sqlite")
@@ -164,7 +158,7 @@ def test_reading_the_store_on_a_full_disk(small_disk):
                 fh.write(b"\0" * 4096)
         except OSError:
             pass
-    result = CliRunner().invoke(app, ["results", "--format", "csv", "--workdir", str(small_disk)])
+    result = invoke("results", "--format", "csv", "--workdir", small_disk)
     assert result.exit_code == 0, result.output
     assert "h1,vanilla,rgb" in result.stdout
 

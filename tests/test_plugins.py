@@ -1,6 +1,4 @@
 """Entry-point discovery with throwaway plugins installed into a temporary path."""
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -57,12 +55,10 @@ def test_broken_plugins_are_isolated(fake_site):
     assert "vanilla" in reg.distillers
 
 
-def test_cli_lists_plugins_and_broken_ones(fake_site):
+def test_cli_lists_plugins_and_broken_ones(fake_site, kdbench):
     install_fake(fake_site, "kdb-echo", "kdbtest_echo", GOOD)
     install_fake(fake_site, "kdb-broken", "kdbtest_broken", "raise ImportError('no such dependency: foo')")
-    env_path = f"{fake_site}"
-    proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "plugins"], capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": env_path, "COLUMNS": "200"})
+    proc = kdbench("plugins", site=fake_site)
     assert proc.returncode == 0, proc.stderr
     assert "echo" in proc.stdout and "kdb-echo" in proc.stdout
     assert "vanilla" in proc.stdout
@@ -102,19 +98,17 @@ def test_every_hook_is_isolated_and_named(fake_site):
     assert "echo" in reg.distillers and "vanilla" in reg.distillers
 
 
-def test_cli_survives_plugins_that_exit_or_raise(fake_site):
+def test_cli_survives_plugins_that_exit_or_raise(fake_site, kdbench):
     """`kdbench plugins` names them, and a command that builds students still runs (one line each)."""
     install_fake(fake_site, "kdb-students", "kdbtest_students", BAD_HOOKS)
     install_fake(fake_site, "kdb-exits", "kdbtest_exits", "import sys\nsys.exit(3)\n")
-    env = {**__import__("os").environ, "PYTHONPATH": str(fake_site), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "plugins"], capture_output=True, text=True, env=env)
+    proc = kdbench("plugins", site=fake_site)
     assert proc.returncode == 0, proc.stderr
     assert "broken plugin exits: called sys.exit(3)" in proc.stdout
     assert "broken plugin students: kdbench_students: RuntimeError: students boom" in proc.stdout
     assert "warning: plugin exits is broken and skipped: called sys.exit(3)" in proc.stderr
     assert "Traceback" not in proc.stderr
-    run = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--student", "nosuch"],
-                         capture_output=True, text=True, env=env)  # asks every plugin for its students
+    run = kdbench("run", "--student", "nosuch", site=fake_site)  # asks every plugin for its students
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
     assert "warning: plugin students is broken" in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: unknown student 'nosuch'; choose one of: res18t")

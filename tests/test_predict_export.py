@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from kdbench.cli import app
 from kdbench.data.frames import normalize
 from kdbench.deploy.export import run_exported
 from kdbench.deploy.predict import CheckpointError, load_student, predict
@@ -18,10 +16,6 @@ from kdbench.models.students import build_student
 
 SIZE = 48
 DISTILLER_MARKERS = ("distiller", "proj", "rotation", "leader", "connector", "regressor")
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +82,7 @@ def test_predict_images_folders_and_videos(checkpoint, inputs, tmp_path):
         assert video.prob == pytest.approx(np.mean(video.probs)) and all(0 <= p <= 1 for p in video.probs)
 
 
-def test_predict_cli_json_and_errors(checkpoint, inputs, tmp_path):
+def test_predict_cli_json_and_errors(cli, checkpoint, inputs, tmp_path):
     root, _ = inputs
     result = cli("predict", root / "face.png", root / "clip", "--checkpoint", checkpoint, "--format", "json",
                  "--detector", "none")
@@ -110,7 +104,7 @@ def test_predict_cli_json_and_errors(checkpoint, inputs, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_matches_pytorch_and_holds_only_the_student(checkpoint, tmp_path, fmt):
+def test_export_matches_pytorch_and_holds_only_the_student(cli, checkpoint, tmp_path, fmt):
     if fmt == "onnx":
         pytest.importorskip("onnx", reason="onnx not installed (pip install 'kdbench[export]')")
         pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'kdbench[export]')")
@@ -144,7 +138,7 @@ def test_export_matches_pytorch_and_holds_only_the_student(checkpoint, tmp_path,
     assert not any(m in k for k in keys for m in DISTILLER_MARKERS)
 
 
-def test_export_errors_are_one_line(checkpoint, tmp_path):
+def test_export_errors_are_one_line(cli, checkpoint, tmp_path):
     result = cli("export", "--checkpoint", checkpoint, "--format", "tflite", "--out", tmp_path / "x")
     assert result.exit_code == 2 and "unknown export format 'tflite'" in result.output
     result = cli("export", "--checkpoint", tmp_path / "nosuch.pt", "--format", "onnx", "--out", tmp_path / "x")
@@ -152,7 +146,7 @@ def test_export_errors_are_one_line(checkpoint, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_predict_fails_when_some_inputs_fail_and_warns_on_tiny_images(checkpoint, inputs, tmp_path):
+def test_predict_fails_when_some_inputs_fail_and_warns_on_tiny_images(cli, checkpoint, inputs, tmp_path):
     root, _ = inputs
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")

@@ -5,9 +5,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from kdbench.cli import app
 from kdbench.data.prepare import prepare, sample_indices, square_box
 from kdbench.data.registry import DatasetError
 
@@ -15,10 +13,6 @@ av = pytest.importorskip("av", reason="PyAV (pip install 'kdbench[video]') makes
 import data_factory as factory  # noqa: E402
 
 METHODS = "Deepfakes,Face2Face"
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})
 
 
 def one_line_error(result, code, needle):
@@ -113,7 +107,7 @@ def test_resume_skips_finished_videos(ffpp, tmp_path):
         prepare("ffpp", raw, out, size=32, frames=4, methods=METHODS, detector="none")
 
 
-def test_missing_split_file_and_wrong_root_are_one_line(ffpp, tmp_path):
+def test_missing_split_file_and_wrong_root_are_one_line(cli, ffpp, tmp_path):
     raw, _, _, _ = ffpp
     result = cli("prepare", "ffpp", "--root", raw, "--out", tmp_path / "o", "--methods", METHODS, "--detector",
                  "none", "--splits", tmp_path)
@@ -126,7 +120,7 @@ def test_missing_split_file_and_wrong_root_are_one_line(ffpp, tmp_path):
     one_line_error(result, 2, "no c40 videos for FF++ FaceSwap")  # default: the paper's four methods
 
 
-def test_missing_facenet_is_a_one_line_exit_2(ffpp, tmp_path, monkeypatch):
+def test_missing_facenet_is_a_one_line_exit_2(cli, ffpp, tmp_path, monkeypatch):
     raw, _, _, _ = ffpp
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)  # import fails as if not installed
     result = cli("prepare", "ffpp", "--root", raw, "--out", tmp_path / "o", "--methods", METHODS)
@@ -134,7 +128,7 @@ def test_missing_facenet_is_a_one_line_exit_2(ffpp, tmp_path, monkeypatch):
     assert "--detector none" in result.output
 
 
-def test_celebdf_layout_variants_and_test_list(tmp_path):
+def test_celebdf_layout_variants_and_test_list(cli, tmp_path):
     raw = factory.make_celebdf(tmp_path / "cdf")
     with (raw / "List_of_testing_videos.txt").open("a") as fh:
         fh.write("0 Celeb-synthesis/id9_id8_0000.mp4\n")  # listed, not downloaded

@@ -1,7 +1,5 @@
 """Gradient-conflict resolvers: their math against independent formulas, the trainer's
 injection at the taps, ``none`` against no option, and third-party resolvers."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -257,22 +255,19 @@ def test_resolver_none_gives_the_records_of_no_option(smoke_workspace, tmp_path,
 
 
 @pytest.mark.slow
-def test_cli_runs_sp_both_with_pcgrad_and_logs_both_cosines(smoke_workspace):
-    import os
-
+def test_cli_runs_sp_both_with_pcgrad_and_logs_both_cosines(smoke_workspace, kdbench):
     from kdbench.config import resolve
     from kdbench.store import ResultsStore
 
-    env = {**os.environ, "KDBENCH_HOME": str(smoke_workspace.root), "COLUMNS": "200"}  # the session's teacher
-    cmd = [sys.executable, "-m", "kdbench.cli", "run", "--method", "sp", "--mode", "both", "--resolver", "pcgrad",
-           "--student", "res18t", "--profile", "smoke", "--no-progress"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    cmd = ["run", "--method", "sp", "--mode", "both", "--resolver", "pcgrad", "--student", "res18t", "--profile", "smoke",
+           "--no-progress"]
+    proc = kdbench(*cmd, home=smoke_workspace.root)  # the session's teacher
     assert proc.returncode == 0, proc.stderr
     rec = ResultsStore(smoke_workspace.store_path).get(resolve("sp", "both", profile="smoke", resolver="pcgrad").hash)
     assert rec is not None and rec.config["resolver"] == "pcgrad" and rec.status == "done"
     assert rec.history["diagnostics"] and all({"grad_cos", "grad_cos_resolved"} <= set(d)
                                                for d in rec.history["diagnostics"])
-    bad = subprocess.run(cmd[:-1] + ["--mode", "rgb"], capture_output=True, text=True, env=env)
+    bad = kdbench(*cmd[:-1], "--mode", "rgb", home=smoke_workspace.root)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "mode 'rgb'" in bad.stderr
 
 
@@ -327,18 +322,14 @@ def test_third_party_resolvers_are_found_isolated_and_checked(tmp_path, monkeypa
     assert [r.check for r in failed] == ["a descent direction of the summed terms"]
 
 
-def test_cli_names_a_broken_resolver_in_one_line(tmp_path):
-    import os
-
+def test_cli_names_a_broken_resolver_in_one_line(tmp_path, kdbench):
     from test_plugins import install_fake
 
     install_fake(tmp_path, "kdb-rboom", "kdbtest_rboom", BROKEN)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "KDBENCH_HOME": str(tmp_path), "COLUMNS": "200"}
-    listing = subprocess.run([sys.executable, "-m", "kdbench.cli", "plugins"], capture_output=True, text=True, env=env)
+    listing = kdbench("plugins", site=tmp_path, home=tmp_path)
     assert listing.returncode == 0 and "pcgrad" in listing.stdout
     assert "broken plugin rboom: kdbench_resolvers: RuntimeError: resolver boom" in listing.stdout
-    run = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "sp", "--resolver", "rboom",
-                          "--profile", "smoke"], capture_output=True, text=True, env=env)
+    run = kdbench("run", "--method", "sp", "--resolver", "rboom", "--profile", "smoke", site=tmp_path, home=tmp_path)
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.returncode == 2 and errors == \
         ["error: resolver plugin 'rboom' is broken: kdbench_resolvers: RuntimeError: resolver boom"]

@@ -4,14 +4,10 @@ of an unknown name. The store holds hand-made FAKE records (fixtures, not result
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 from test_tables import fake_record
-from typer.testing import CliRunner
 
-from kdbench.cli import app
 from kdbench.grid import expand, run_grid
 from kdbench.store import ResultsStore
 from kdbench.workspace import Workspace
@@ -44,11 +40,7 @@ def ws(tmp_path_factory) -> Workspace:
     return ws
 
 
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def test_bare_table_shows_the_profile_that_holds_runs(tmp_path):
+def test_bare_table_shows_the_profile_that_holds_runs(cli, tmp_path):
     """After `kdbench grid table3 --students res18t --profile smoke`, a bare `kdbench table 3`
     shows those runs, marked as a pipeline check."""
     store = ResultsStore(tmp_path / "results.sqlite")
@@ -63,7 +55,7 @@ def test_bare_table_shows_the_profile_that_holds_runs(tmp_path):
     assert "runs are stored for smoke (3 runs): pass --profile NAME" in cpu.stdout
 
 
-def test_results_filters_and_columns(ws):
+def test_results_filters_and_columns(cli, ws):
     res = cli("results", "--workdir", ws.root)
     assert res.exit_code == 0, res.output
     assert "profile" in res.stdout and "changed" in res.stdout and "hp.alpha=50.0" in res.stdout
@@ -80,7 +72,7 @@ def test_results_filters_and_columns(ws):
     assert bad.exit_code == 2 and "choose one of: done, running, failed, interrupted" in bad.output
 
 
-def test_results_show_and_curves(ws, tmp_path):
+def test_results_show_and_curves(cli, ws, tmp_path):
     run = next(r for r in ResultsStore(ws.store_path).query() if r.profile == "cpu")
     res = cli("results", "show", run.hash[:6], "--workdir", ws.root)
     assert res.exit_code == 0, res.output
@@ -113,20 +105,20 @@ def test_grid_reports_each_cell_and_an_eta():
     assert any("failed: RuntimeError: boom" in ln for ln in lines)
 
 
-def test_help_renders_as_written():
-    proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--help"], capture_output=True, text=True,
-                          env={"COLUMNS": "200", "PATH": ""})
+def test_help_renders_as_written(kdbench, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    proc = kdbench("run", "--help")
     assert proc.returncode == 0
     assert "<bool>" not in proc.stdout and "--compile" in proc.stdout
     assert "cuda[:N]" in proc.stdout and "hp.METHOD" in proc.stdout
 
 
-def test_plugins_check_unknown_is_one_line_exit_2():
-    res = CliRunner().invoke(app, ["plugins", "check", "nosuch"])
+def test_plugins_check_unknown_is_one_line_exit_2(cli):
+    res = cli("plugins", "check", "nosuch")
     assert res.exit_code == 2 and res.output.strip().count("\n") == 0 and "unknown method 'nosuch'" in res.output
 
 
-def test_example_config_resolves_to_the_cpu_profile(tmp_path):
+def test_example_config_resolves_to_the_cpu_profile(cli, tmp_path):
     """examples/kdbench.toml holds every section and, as its comments say, repeats the cpu
     profile's values: its runs are the bare profile's; changing one value makes another run."""
     from pathlib import Path

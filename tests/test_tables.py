@@ -11,9 +11,7 @@ import dataclasses
 import io
 
 import pytest
-from typer.testing import CliRunner
 
-from kdbench.cli import app
 from kdbench.grid import expand
 from kdbench.report.render import csv_text, entry_text, render
 from kdbench.report.tables import Stat, build_table, build_tables, direction
@@ -208,11 +206,6 @@ def test_figures_write_png(ws, tmp_path):
     for fig in (figure3, figure4):
         path = fig(ResultsStore(ws.store_path), tmp_path)
         assert path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.fixture(scope="module")
-def cli():
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_cli_table_and_figure(cli, ws, tmp_path):

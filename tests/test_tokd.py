@@ -475,7 +475,6 @@ def test_bf16_autocast_step():
     assert float(d.rot.angles().min()) > 0
 
 
-
 def test_with_the_trainer_logs_fig4_and_resumes_the_leader_exactly(tmp_path):
     """kdbench.train.trainer.fit end to end: diagnostics reach the history; a run resumed from its
     epoch checkpoint ends with the same rotation (and Adam state) as an uninterrupted one."""

@@ -1,8 +1,5 @@
 """TOKD's switches on the command line (issue: the smoke profile runs every one)."""
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -13,10 +10,9 @@ SWITCHES = [["--mode", "rgb"], ["--mode", "both"], ["--no-rotation"], ["--no-pro
 
 
 @pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: " ".join(s))
-def test_tokd_switch_runs_in_smoke_profile(smoke_workspace, switch):
-    env = {**os.environ, "KDBENCH_HOME": str(smoke_workspace.root), "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "kdbench.cli", "run", "--method", "tokd", "--student", "res18t",
-                           "--profile", "smoke", "--epochs", "1", *switch], capture_output=True, text=True, env=env)
+def test_tokd_switch_runs_in_smoke_profile(smoke_workspace, kdbench, switch):
+    proc = kdbench("run", "--method", "tokd", "--student", "res18t", "--profile", "smoke", "--epochs", "1", *switch,
+                   home=smoke_workspace.root)
     assert proc.returncode == 0, proc.stderr[-1500:]
     # this run's record by the hash it printed (another test may have stored the same config first)
     run_hash = re.search(r"record ([0-9a-f]+) stored", proc.stdout).group(1)
