@@ -40,7 +40,7 @@ def map_shape(shapes: Mapping[str, Shape], tap: str, owner: str) -> tuple[int, i
     shape = tuple(int(d) for d in shapes[tap])
     if len(shape) != 3:
         raise DistillerError(f"{owner} tap {tap!r} has shape {shape}; a (C, H, W) feature map is needed")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def vector_shape(shapes: Mapping[str, Shape], tap: str, owner: str) -> int:
@@ -135,6 +135,11 @@ class HintRegressor(nn.Sequential):
     the first target it is shown decide (``decide``: clip iff it has no negative
     entry). A post-ReLU tap is never negative, a signed one is on any real batch.
     """
+
+    conv: nn.Conv2d
+    align: SpatialAlign
+    bn: nn.BatchNorm2d
+    relu: nn.ReLU
 
     def __init__(self, student: tuple[int, int, int], teacher: tuple[int, int, int], kernel: int = 1,
                  clip: bool | None = None) -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # resolver.py imports this module; the annotation needs no import at run time
+    from kdbench.resolver import Resolver
 
 Shape = tuple[int, ...]
 Reduction = Callable[[Tensor], Tensor]
@@ -173,7 +176,7 @@ class Distiller(nn.Module):
         return [p for p in self.parameters() if id(p) not in leader]
 
 
-def hparam_spec(cls: type[Distiller]) -> dict[str, HParam]:
+def hparam_spec(cls: type[Distiller] | type[Resolver]) -> dict[str, HParam]:
     """``cls.defaults`` with plain values wrapped as ``HParam(value)``, or a one-line
     ``DistillerError`` saying what is malformed (a default outside its own choices or range)."""
     defaults = cls.defaults
@@ -192,7 +195,7 @@ def hparam_spec(cls: type[Distiller]) -> dict[str, HParam]:
     return spec
 
 
-def resolve_hparams(cls: type[Distiller], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_hparams(cls: type[Distiller] | type[Resolver], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults of ``cls`` updated by ``overrides``; values are cast to the default's type
     and checked against the default's choices or range."""
     spec = hparam_spec(cls)

@@ -167,7 +167,7 @@ def run_grid(cells: Sequence[Cell], run_cell: Callable[[Cell], Any], is_done: Ca
     line gives its headline metric and the grid's progress, with an ETA from the cells run so far
     (cells differ in cost, so it settles as the grid goes)."""
     report = GridReport()
-    todo = []
+    todo: list[Cell] = []
     for cell in cells:
         (report.done_before if is_done(cell) else todo).append(cell)
     if not todo:

@@ -162,7 +162,7 @@ def run_grid_ray(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, sett
     ray = import_ray()
     report = GridReport()
     stored = {r.hash: r for r in store.query()}
-    todo = []
+    todo: list[Cell] = []
     for cell in cells:
         rec = stored.get(cell.cfg.hash)
         (report.done_before if rec is not None and rec.status == "done" else todo).append(cell)

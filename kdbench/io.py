@@ -29,7 +29,7 @@ class CorruptFileError(RuntimeError):
     """A file does not match the digest written with it (bit rot, truncation, an edit), or has none."""
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None],
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object],
                  before_rename: Callable[[], None] | None = None) -> None:
     """``write`` into a temporary file, then rename it over ``path``: a crash never leaves
     half a file, and a failure (a full disk above all) never leaves the temporary file
@@ -91,7 +91,7 @@ def atomic_save(obj: Any, path: Path, digest_file: bool = True) -> str:
     def write(fh: IO[bytes]) -> None:
         nonlocal sha
         hashing = _Hashing(fh)
-        torch.save(obj, hashing)
+        torch.save(obj, hashing)  # type: ignore[arg-type]  # torch.save takes any object with write and flush
         sha = hashing.sha.hexdigest()
 
     side = digest_path(path)

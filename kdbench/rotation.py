@@ -186,7 +186,7 @@ class LeaderOptimizer:
         if kind not in OPTIMIZERS:
             raise DistillerError(f"rotation_optimizer {kind!r} unknown; choose one of: {', '.join(OPTIMIZERS)}")
         self.kind, self.betas, self.eps = kind, betas, eps
-        self.t = 0
+        self.t: int | Tensor = 0  # steps taken; a device tensor from the first step on
         self.m: Tensor | None = None
         self.v: Tensor | None = None
 
@@ -203,6 +203,7 @@ class LeaderOptimizer:
         b1, b2 = self.betas
         if self.m is None:
             self.m, self.v = torch.zeros_like(grad), torch.zeros_like(grad)
+        assert self.v is not None, "m and v are set together"
         m, v = self.m.to(grad.device), self.v.to(grad.device)
         self.m = torch.where(keep, b1 * m + (1 - b1) * grad, m)
         self.v = torch.where(keep, b2 * v + (1 - b2) * grad * grad, v)
@@ -233,6 +234,12 @@ class LeaderResult:
 
 class Rotation(nn.Module):
     """K rotations in SO(d) of the first d coordinates of a (C, H, W) latent, with their leader update."""
+
+    # buffers (register_buffer), typed for the checker; R for riemannian, base for expm/cayley
+    R: Tensor
+    base: Tensor
+    leader_steps: Tensor
+    skipped_steps: Tensor
 
     def __init__(self, latent_shape: Sequence[int], dim: int, num: int = 2, update: str = "riemannian",
                  optimizer: str = "sgd", init: str = "identity", reortho_every: int = 100) -> None:
@@ -394,7 +401,7 @@ class Rotation(nn.Module):
         self.skipped_steps.add_(result.skipped)
         return result
 
-    def _step_bound(self, lr: float, rows: int, loss: str, global_rows: int | None = None) -> float | None:
+    def _step_bound(self, lr: float, rows: float, loss: str, global_rows: int | None = None) -> float | None:
         """A host-side bound on the Frobenius norm of the riemannian SGD step lr * Omega, from
         which ``exp_step`` picks its degree without reading the step. For the cosine L_R,
         G_k = -sum_n w_kn g~_kn[:d] t_n[:d]^T is a sum of ``rows`` outer products of norm <= 1

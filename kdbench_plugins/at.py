@@ -82,7 +82,7 @@ class AT(Distiller):
         s_energy = {st: energy(student[st], p) for st in self.stages}
         terms = {}
         for branch in self.branches:
-            loss = 0.0
+            loss: Tensor | float = 0.0
             for st in self.stages:
                 tap = f"{branch}.{st}"
                 if p == CACHED_P:  # already reduced by at_energy

@@ -70,6 +70,10 @@ class Embed(nn.Module):
 class Head(nn.Module):
     """One branch's embeddings, memory banks and normalising constants."""
 
+    memory_s: Tensor  # buffers (register_buffer), typed for the checker
+    memory_t: Tensor
+    z: Tensor
+
     def __init__(self, s_dim: int, t_dim: int, feat_dim: int) -> None:
         super().__init__()
         self.embed_s, self.embed_t = Embed(s_dim, feat_dim), Embed(t_dim, feat_dim)
@@ -101,6 +105,10 @@ class CRD(Distiller):
         "eps": HParam(1e-7, source="RepDistiller ContrastLoss eps=1e-7"),
     }
 
+    order: Tensor  # buffers (register_buffer), typed for the checker
+    class_start: Tensor
+    class_count: Tensor
+
     def __init__(self, mode: str, student_shapes: Mapping, teacher_shapes: Mapping, **hparams) -> None:
         super().__init__(mode, student_shapes, teacher_shapes, **hparams)
         if self.hp["negatives"] not in NEGATIVES:
@@ -131,6 +139,7 @@ class CRD(Distiller):
         self.class_count = counts.to(device)
         self.class_start = (torch.cumsum(counts, 0) - counts).to(device)
         for head in self.heads.values():
+            assert isinstance(head, Head), "one Head per branch"
             head.allocate(n)
         seed = int(torch.randint(0, 2**62, (1,)))  # from the run's seed
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -189,6 +198,7 @@ class CRD(Distiller):
         with torch.autocast(s.device.type, enabled=False):  # exp(<v, m> / 0.07) in fp32
             contrast = self.contrast_indices(labels, index)
             for b, head in self.heads.items():
+                assert isinstance(head, Head), "one Head per branch"
                 terms[f"kd_{b}"] = self.hp["beta"] * self.branch_loss(head, fp32(s), fp32(teacher[f"{b}.{TAP}"]),
                                                                       contrast, index)
         return terms

@@ -49,8 +49,10 @@ class FitNet(Distiller):
         terms = {}
         for b in self.branches:
             target = teacher[f"{b}.{self.hint}"]
-            self.regressors[b].decide(target)
-            pred = self.regressors[b](s)
+            regressor = self.regressors[b]
+            assert isinstance(regressor, HintRegressor), "setup builds one HintRegressor per branch"
+            regressor.decide(target)
+            pred = regressor(s)
             terms[f"kd_{b}"] = self.hp["beta"] * F.mse_loss(pred, target.to(pred.dtype))
         return terms
 

@@ -51,7 +51,7 @@ def level_shape(shapes: Mapping, tap: str, owner: str) -> tuple[int, int, int]:
         return shape[0], 1, 1
     if len(shape) != 3:
         raise DistillerError(f"{owner} tap {tap!r} has shape {shape}; a map or a pooled vector is needed")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 class ABF(nn.Module):
@@ -59,11 +59,13 @@ class ABF(nn.Module):
 
     def __init__(self, cin: int, mid: int, cout: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.conv1 = nn.Sequential(conv1, nn.BatchNorm2d(mid))
+        conv2 = nn.Conv2d(mid, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Sequential(conv2, nn.BatchNorm2d(cout))
         self.att_conv = nn.Sequential(nn.Conv2d(2 * mid, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(conv1.weight, a=1)
+        nn.init.kaiming_uniform_(conv2.weight, a=1)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(the level's output, the fused map handed to the next, shallower level)."""
@@ -128,7 +130,9 @@ class ReviewKD(Distiller):
     ) -> dict[str, Tensor]:
         terms = {}
         for b, chain in self.abfs.items():
-            loss, residual = 0.0, None
+            assert isinstance(chain, nn.ModuleList), "one ABF chain per branch"
+            loss: Tensor | float = 0.0
+            residual: Tensor | None = None
             for lv, abf in reversed(list(zip(self.levels, chain))):  # deepest first
                 out, residual = abf(as_map(student[lv]), residual)
                 tap = f"{b}.{lv}"

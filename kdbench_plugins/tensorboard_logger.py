@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdbench import hookimpl
 
+if TYPE_CHECKING:  # imported only when asked for (run_start)
+    from torch.utils.tensorboard import SummaryWriter
+
 NAME = "tensorboard"
-_writers: dict[str, Any] = {}  # run hash -> open SummaryWriter
+_writers: dict[str, SummaryWriter] = {}  # run hash -> open SummaryWriter
 SCALARS = {"loss_": "train/loss_", "val_": "val/", "lr": "train/lr", "img_per_s": "train/img_per_s"}
 
 
@@ -36,9 +39,9 @@ def kdbench_on_event(event: str, run: dict[str, Any], payload: dict[str, Any]) -
     if event == "run_start":
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(Path(payload["run_dir"]) / NAME))
-        writer.add_text("config", "```\n" + json.dumps(run, indent=2, default=str) + "\n```")
-        _writers[run_hash] = writer
+        new_writer = SummaryWriter(log_dir=str(Path(payload["run_dir"]) / NAME))
+        new_writer.add_text("config", "```\n" + json.dumps(run, indent=2, default=str) + "\n```")
+        _writers[run_hash] = new_writer
         return
     writer = _writers.get(run_hash)
     if writer is None:

@@ -67,9 +67,11 @@ class VID(Distiller):
     ) -> dict[str, Tensor]:
         terms = {}
         for branch in self.branches:
-            loss = 0.0
+            per_stage = self.regressors[branch]
+            assert isinstance(per_stage, nn.ModuleDict), "setup builds branch -> stage -> VIDRegressor"
+            loss: Tensor | float = 0.0
             for stage in self.stages:
-                mean, var = self.regressors[branch][stage](student[stage])
+                mean, var = per_stage[stage](student[stage])
                 loss = loss + gaussian_nll(mean, var, teacher[f"{branch}.{stage}"].to(mean.dtype))
             terms[f"kd_{branch}"] = self.hp["beta"] * loss
         return terms

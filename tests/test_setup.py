@@ -19,6 +19,7 @@ def test_ci_runs_exactly_the_readme_set_up():
     ci = [line.strip() for line in ROOT.joinpath(".ci/run").read_text().splitlines()
           if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
     assert ci == [install, tests]
+    assert tests.split(" && ")[:2] == [".venv/bin/ruff check .", ".venv/bin/mypy"]  # style and types, then pytest
     script = ROOT.joinpath("install.sh").read_text()
     assert "--no-deps facenet-pytorch==" in script  # prepare's default detector (its deps pin an old torch)
 

@@ -64,7 +64,8 @@ def _subset_dirs(root: Path) -> dict[str, Path]:
 def _units(folder: Path) -> list[tuple[str, tuple[Path, ...], str]]:
     """(stem, paths, kind) per video in a subset folder, any accepted variant."""
     base = folder / "videos" if (folder / "videos").is_dir() else folder
-    units = [(p.stem, (p,), "video") for p in sorted(base.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
+    units: list[tuple[str, tuple[Path, ...], str]] = [
+        (p.stem, (p,), "video") for p in sorted(base.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
     frames_dir = folder / "frames"
     if not units and frames_dir.is_dir():
         for d in sorted(p for p in frames_dir.iterdir() if p.is_dir()):

@@ -137,7 +137,7 @@ def build(image_size: int, options: Mapping[str, Any]) -> FrameSplits:
     if videos:
         raise DatasetError(f"{root} holds videos ({videos[0].paths[0].name}, ...): run `kdbench prepare folder "
                            f"--root {root} --out DIR` and use DIR")
-    items = [{"path": str(p), "label": sv.label, "video": sv.video, "split": sv.split}
+    items: list[dict[str, Any]] = [{"path": str(p), "label": sv.label, "video": sv.video, "split": sv.split}
              for sv in found.videos for p in sv.paths]
     images = decode_images([Path(it["path"]) for it in items], image_size)
     return build_splits(items, images, **split_options(opts))

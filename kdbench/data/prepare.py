@@ -207,6 +207,7 @@ def face_crops(frames: Sequence[np.ndarray], detector: FaceDetector, margin: flo
     out = []
     for i, frame in enumerate(frames):
         box = boxes[i] if boxes[i] is not None else boxes[min(hits, key=lambda j: abs(j - i))]
+        assert box is not None, "hits holds only frames with a box"
         sq = square_box(box, margin if detector.name != "none" else 1.0, frame.shape[1], frame.shape[0])
         crop = Image.fromarray(frame).crop(sq).resize((size, size), RESAMPLE)
         out.append((np.asarray(crop), sq, boxes[i] is not None))

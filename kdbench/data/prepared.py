@@ -159,8 +159,8 @@ def as_list(value: Any) -> list[str] | None:
 def read_image(path: Path, size: int) -> np.ndarray:
     """An image file as uint8 (3, size, size): centre square, resized. Corrupt -> one-line error."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("RGB")
     except FileNotFoundError:
         raise DatasetError(f"missing image file {path}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

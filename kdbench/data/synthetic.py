@@ -97,7 +97,7 @@ def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, ru: float, rv: 
     return _soft((1.0 - r) * min(ru, rv), px)
 
 
-def _mix(img: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def _mix(img: np.ndarray, colour: np.ndarray | np.floating, alpha: np.ndarray) -> np.ndarray:
     return img + alpha[None] * (colour - img)
 
 

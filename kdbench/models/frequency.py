@@ -34,6 +34,10 @@ def highpass_mask(h: int, w: int, ratio: float = 1 / 3, dtype: torch.dtype = tor
 class FrequencyTransform(nn.Module):
     """``x -> IDCT(mask * DCT(x))`` on ``(..., H, W)`` tensors; fixed, no parameters."""
 
+    dh: Tensor  # buffers (register_buffer), typed for the checker
+    dw: Tensor
+    mask: Tensor
+
     def __init__(self, height: int, width: int | None = None, ratio: float = 1 / 3) -> None:
         super().__init__()
         width = height if width is None else width

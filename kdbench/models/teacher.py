@@ -108,7 +108,8 @@ class DualBranchTeacher(nn.Module):
                  num_classes: int = 2, freq_ratio: float = 1 / 3) -> None:
         super().__init__()
         self.backbone = backbone
-        self.freq = FrequencyTransform(image_size, ratio=freq_ratio)
+        # any shape-keeping module (report/complexity swaps in a stand-in on the meta device)
+        self.freq: nn.Module = FrequencyTransform(image_size, ratio=freq_ratio)
         self.rgb = Branch(backbone)
         self.fre = Branch(backbone)
         channels = self._segment_channels(image_size)

@@ -11,6 +11,7 @@ a network is counted in about a second or less.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -80,7 +81,7 @@ def builders(num_classes: int) -> dict[str, Callable[[], nn.Module]]:
     from kdbench.models.teacher import DualBranchTeacher
 
     out: dict[str, Callable[[], nn.Module]] = {
-        name: (lambda name=name: NETWORKS[name][0](num_classes)) for name in ("res18t", "res34t", "xception")}
+        name: partial(NETWORKS[name][0], num_classes) for name in ("res18t", "res34t", "xception")}
     out["teacher"] = lambda: DualBranchTeacher("xception", IMAGE_SIZE, 256, num_classes=num_classes)
     return out
 
@@ -121,15 +122,15 @@ def teacher_breakdown(image_size: int = IMAGE_SIZE) -> dict[str, Complexity]:
 
 def table1_grid(paper: bool = False) -> Grid:
     """Table 1 as a printable grid (both head conventions; the paper's numbers beside with ``paper``)."""
-    from kdbench.report.tables import Grid, Paper, paper_results
+    from kdbench.report.tables import Entry, Grid, Paper, paper_results
 
     counts = table1()
     pub = paper_results()["table1"]
     header = ["Model", "Params (M) 2-class", "Params (M) 1000-class", "GMACs 2-class", "GMACs 1000-class"]
     header += ["paper Params (M)", "paper 'GFLOPs'"] if paper else []
-    rows = []
+    rows: list[list[Entry]] = []
     for name, by_head in counts.items():
-        row = [MODEL_NAMES[name], *(f"{by_head[k].params_m:.2f}" for k in (2, 1000)),
+        row: list[Entry] = [MODEL_NAMES[name], *(f"{by_head[k].params_m:.2f}" for k in (2, 1000)),
                *(f"{by_head[k].gmacs:.3f}" for k in (2, 1000))]
         rows.append(row + ([Paper(pub["params_m"][name]), Paper(pub["gflops"][name])] if paper else []))
     notes = [f"Counted at {IMAGE_SIZE}x{IMAGE_SIZE}, batch 1, with torch.utils.flop_counter: GMACs = FLOPs / 2 "

@@ -169,7 +169,7 @@ def training_curves(records: Sequence[RunRecord], out_dir: Path) -> Path:
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     styles = ("-", "--", ":", "-.")
     for i, rec in enumerate(runs):
-        rows = rec.history["epochs"]
+        rows = (rec.history or {})["epochs"]
         epochs = np.array([row["epoch"] + 1 for row in rows])
         name = f"{rec.hash[:8]} {rec.method}/{rec.mode} {rec.student}"
         terms = sorted({k for row in rows for k in row if k.startswith("loss_")})

@@ -14,13 +14,14 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 from kdbench.config import PIPELINE_CHECK, is_pipeline_check
 from kdbench.grid import Cell, expand
 from kdbench.store import ResultsStore, RunRecord
 
 MISSING = "–"
+K = TypeVar("K", bound=Hashable)
 METHOD_ORDER = ("tokd", "at", "pkt", "vid", "sp", "fitnet", "rkd", "cc", "crd", "reviewkd", "kd", "dkd", "dist")
 METHOD_NAMES = {"vanilla": "Vanilla", "tokd": "TOKD", "at": "AT", "pkt": "PKT", "vid": "VID", "sp": "SP",
                 "fitnet": "FitNet", "rkd": "RKD", "cc": "CC", "crd": "CRD", "reviewkd": "ReviewKD", "kd": "KD",
@@ -181,11 +182,11 @@ class Lookup:
 
 
 def test_metric(metric: str) -> Callable[[RunRecord], Any]:
-    return lambda rec: rec.metrics["test"][metric]
+    return lambda rec: (rec.metrics or {})["test"][metric]
 
 
 def teacher_metric(metric: str) -> Callable[[RunRecord], Any]:
-    return lambda rec: rec.metrics["teacher"]["test"][metric]
+    return lambda rec: (rec.metrics or {})["teacher"]["test"][metric]
 
 
 def common_notes(look: Lookup, metric: str, profile: str) -> list[str]:
@@ -194,7 +195,7 @@ def common_notes(look: Lookup, metric: str, profile: str) -> list[str]:
             f"seeds ({seeds}); profile {profile!r}; (n=k): only k < 3 seeds; {MISSING}: no finished run."]
 
 
-def ordered(values: Iterable[str]) -> list[str]:
+def ordered(values: Iterable[K]) -> list[K]:
     return list(dict.fromkeys(values))
 
 
@@ -428,7 +429,7 @@ def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | N
     for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], len(order)), k[2], k[3], k[4])):
         ds, st, method, mode, _ = key
         recs = groups[key]
-        summaries = [r.history["balance"] for r in recs]
+        summaries = [(r.history or {})["balance"] for r in recs]
         for term in ordered(t for s in summaries for t in s.get("start", {})):
             def at(where: str, phase: str) -> float:
                 return geomean([s[phase][term][where] for s in summaries if term in s.get(phase, {})])
@@ -456,7 +457,7 @@ def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | N
     return Grid(f"Loss balance: distillation terms beside CE ({profile} profile)", header, rows, notes)
 
 
-SPECS = {3: "table3", 4: "table4", 5: "table5", 6: "table6", 7: "table7"}
+SPECS: dict[int | str, str] = {3: "table3", 4: "table4", 5: "table5", 6: "table6", 7: "table7"}
 PROFILE_ORDER = ("paper", "gpu128", "cpu", "smoke")  # with no --profile: benchmarks first, the pipeline check last
 RESOLVER_NAMES = {"none": "Both", "pcgrad": "Both + PCGrad", "cagrad": "Both + CAGrad"}
 RESOLVER_MARK_NOTE = ("Mark on a resolver vs Both (the plain sum, `none`): ↑/↓ when the difference of the means "
@@ -466,7 +467,7 @@ RESOLVER_MARK_NOTE = ("Mark on a resolver vs Both (the plain sum, `none`): ↑/�
 def late_cosine(key: str) -> Callable[[RunRecord], Any]:
     """The mean of a logged cosine over the second half of a run's steps (Fig. 4's late regime)."""
     def get(rec: RunRecord) -> Any:
-        diags = rec.history["diagnostics"]
+        diags = (rec.history or {})["diagnostics"]
         last = max(d["step"] for d in diags)
         return sum(vals) / len(vals) if (vals := [d[key] for d in diags if d["step"] >= last / 2 and key in d]) \
             else None
@@ -544,7 +545,7 @@ def build_table(number: int | str, store: ResultsStore, profile: str = "cpu", st
     return grid
 
 
-def build_tables(number: int, store: ResultsStore, profile: str | None = None, **kwargs: Any) -> list[Grid]:
+def build_tables(number: int | str, store: ResultsStore, profile: str | None = None, **kwargs: Any) -> list[Grid]:
     """With a profile: its table. Without: the table of every profile that has runs for it
     (benchmark profiles first); when none has, the cpu profile's, whose notes say what is stored."""
     if profile is not None:

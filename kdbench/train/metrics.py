@@ -26,7 +26,8 @@ def video_scores(videos: Sequence[str], labels: np.ndarray, scores: np.ndarray) 
     return vl, vs
 
 
-def forgery_metrics(labels: Sequence[int], scores: Sequence[float], videos: Sequence[str] | None = None) -> dict[str, float]:
+def forgery_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                    videos: Sequence[str] | None = None) -> dict[str, float]:
     """``scores`` are P(fake); accuracy thresholds them at 0.5. Percentages, like the paper."""
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)

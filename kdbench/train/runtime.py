@@ -12,7 +12,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -90,7 +90,9 @@ def _tf32_switches() -> list[tuple[object, str, object, object]]:
     precision once the legacy ``allow_tf32`` flags and the newer API have both been used)."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     if hasattr(matmul, "fp32_precision"):
-        return [(matmul, "fp32_precision", "tf32", "ieee"), (cudnn.conv, "fp32_precision", "tf32", "ieee")]
+        # cudnn.conv exists on torch's CudnnModule (the module replaced in sys.modules), which its annotations miss
+        conv = cudnn.conv  # type: ignore[attr-defined]
+        return [(matmul, "fp32_precision", "tf32", "ieee"), (conv, "fp32_precision", "tf32", "ieee")]
     return [(matmul, "allow_tf32", True, False), (cudnn, "allow_tf32", True, False)]  # older torch
 
 
@@ -113,7 +115,10 @@ def ieee_fp32() -> Iterator[None]:
         setattr(backend, attr, old)
 
 
-def prepare_module(module: nn.Module, rt: Runtime) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def prepare_module(module: M, rt: Runtime) -> M:
     """Move to the device; sync BatchNorm across processes (CUDA only: torch's SyncBatchNorm
     has no CPU kernel, so gloo runs keep per-process statistics); channels_last on GPU."""
     if rt.distributed and rt.device.type == "cuda":

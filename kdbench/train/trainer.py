@@ -95,7 +95,9 @@ def resolved_tap_grads(resolver: Resolver, terms: Mapping[str, Tensor], leaves: 
     total = out.sum(0)
     others = [v for k, v in terms.items() if k not in ("kd_rgb", "kd_fre") and v.requires_grad]
     if others:
-        total = total + tap_grads(sum(others), inputs)
+        rest = sum(others)
+        assert isinstance(rest, Tensor), "a sum of one or more tensors"
+        total = total + tap_grads(rest, inputs)
     pieces = total.split([x[0].numel() for x in inputs], dim=1)
     return [p.reshape(x.shape).to(x.dtype) for p, x in zip(pieces, inputs)], diag
 
@@ -237,6 +239,7 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
             rdiag["grad_cos_taps"] = rdiag.pop("grad_cos")  # the distiller reports its own (TOKD)
         diag.update(rdiag)
     loss = sum(terms.values())
+    assert isinstance(loss, Tensor), "terms always holds ce"
     (watch or LossWatch()).add(info, terms, loss)
     opt.zero_grad(set_to_none=True)
     if roots:  # one backward from the loss and the taps together: the backbone is traversed once
@@ -431,7 +434,10 @@ def fit(
         last_val = [""]  # the previous epoch's validation, shown beside the running loss
 
         def advance(stats: str | None) -> None:
-            bar.update(task, advance=1, **({"stats": stats + last_val[0]} if stats else {}))
+            if stats:
+                bar.update(task, advance=1, stats=stats + last_val[0])
+            else:
+                bar.update(task, advance=1)
 
         for epoch in range(state.epoch + 1, cfg.epochs):
             row = run_epoch(state, loop, epoch, advance)
