@@ -109,7 +109,7 @@ class ResultsStore:
     def _init(self) -> None:
         """WAL mode and the schema. Shards started together race to set up a new file, and
         switching to WAL answers "locked" at once, without waiting out the busy timeout
-        (measured: 4 of 30 trials of six processes failed): so retry until the timeout."""
+        (tests/test_concurrency.py starts processes together on a new store): so retry until the timeout."""
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -4,9 +4,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_on_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": str(Path(os.sys.executable))}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny"], env=env,
@@ -26,6 +29,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert "ratio_to_vanilla" in proc.stdout and "gpu_check: done" in proc.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_keeps_to_its_budget(tmp_path):
     """A stage that would outrun the budget is stopped at it, the stages after it are skipped, and
     stages.txt and the exit status say so (the issue's 8 minutes hold whatever a stage does)."""
@@ -49,6 +53,7 @@ def test_checkpoint_cost_runs(tmp_path):
     assert "BackgroundSaver.save returns after" in proc.stdout and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_gpu_grid_rehearsal_in_two_shards(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": os.sys.executable, "KDBENCH_HOME": str(tmp_path),
            "GRID_PROFILE": "smoke", "GRID_SHARDS": "2", "GRID_ARGS": "--students res18t --methods vanilla,at",

@@ -23,6 +23,7 @@ def test_bad_choices_are_one_line_exit_2(kdbench, tmp_path, args, needle):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_run_then_cached_teacher_then_results(kdbench, tmp_path):
     first = kdbench("run", "--method", "fitnet", "--mode", "both", "--student", "res18t", "--profile", "smoke",
                     home=tmp_path)

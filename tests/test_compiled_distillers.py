@@ -57,6 +57,7 @@ def test_a_compiled_distiller_logs_the_eager_gradient_cosine(method):
     assert cos[True] == pytest.approx(cos[False], abs=1e-4) and cos[False] != 0.0
 
 
+@pytest.mark.slow
 def test_a_compiled_run_compiles_the_distiller_and_learns_alike(smoke_workspace, monkeypatch):
     """`kdbench run --compile` with a distiller: the run's KD loss follows the eager run's (drift
     that Adam amplifies aside, as for the compiled student alone in test_pipeline)."""

@@ -4,9 +4,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from kdbench.store import ResultsStore
 
 
+@pytest.mark.slow
 def test_two_shards_share_one_store(tmp_path):
     spec = tmp_path / "g.toml"
     spec.write_text('students = ["res18t"]\n[[group]]\nmethods = ["vanilla"]\n')

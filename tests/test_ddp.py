@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from kdbench.store import ResultsStore
 
 ARGS = ["run", "--method", "fitnet", "--mode", "both", "--profile", "smoke", "--epochs", "3",
@@ -18,6 +20,7 @@ def launch(home, nproc):
     return rec
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     one, two = launch(tmp_path / "one", 1), launch(tmp_path / "two", 2)
     assert one.hash == two.hash and two.status == "done"

@@ -51,6 +51,7 @@ def test_rotation_dim_larger_than_latent(kdbench, tmp_path):
     one_line_error(proc, "exceeds the student latent size D=C*H*W=256*2*2=1024", 2)
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_the_run_and_the_grid_goes_on(kdbench, tmp_path):
     site = tmp_path / "site"
     site.mkdir()

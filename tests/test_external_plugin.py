@@ -12,6 +12,7 @@ def site(tmp_path_factory):
     return pip_install_target(ROOT / "examples" / "kdbench-nst", tmp_path_factory.mktemp("site"))
 
 
+@pytest.mark.slow
 def test_installed_plugin_is_listed_checked_run_and_gridded(kdbench, site, tmp_path):
     listing = kdbench("plugins", site=site, home=tmp_path)
     assert "nst" in listing.stdout and "kdbench-nst" in listing.stdout
@@ -83,6 +84,7 @@ def third_party_site(tmp_path_factory):
     return pip_install_target(src, tmp_path_factory.mktemp("third-party-site"))
 
 
+@pytest.mark.slow
 def test_plain_defaults_listed_and_malformed_named_in_one_line(kdbench, third_party_site, tmp_path):
     listing = kdbench("plugins", site=third_party_site, home=tmp_path)
     assert listing.returncode == 0 and "Traceback" not in listing.stdout + listing.stderr, listing.stderr

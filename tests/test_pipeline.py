@@ -252,6 +252,7 @@ def test_features_another_shard_wrote_while_this_one_waited_are_read(tmp_path, s
     assert torch.equal(feats["rgb.stage4"], other.features("val", splits["val"], ["rgb.stage4"], {}, CPU)["rgb.stage4"])
 
 
+@pytest.mark.slow
 def test_a_grid_reads_each_teacher_and_feature_file_once(tmp_path, monkeypatch):
     """Runs sharing a TeacherCache (as `kdbench grid` does) read the teacher checkpoint and each
     feature file once, and train exactly as runs that read everything afresh."""
@@ -306,6 +307,7 @@ def test_the_logged_gradient_cosine_is_taken_at_the_taps():
     assert diag["grad_cos"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_trainer_tells_the_leader_step_its_global_batch(smoke_workspace, monkeypatch):
     """StepInfo.batch_size reaches TOKD's leader step: under torchrun it bounds the averaged
     step alike on every rank (tests/test_ddp.py), so no rank reads the step back."""

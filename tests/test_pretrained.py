@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from test_errors import kdbench
 from torchvision.models import resnet18
 from typer.testing import CliRunner
 
@@ -125,7 +124,7 @@ def test_weights_enter_the_hash_by_content_only_when_given(tmp_path):
 
 
 @pytest.mark.slow
-def test_paper_profile_refuses_random_weights_unless_asked(tmp_path):
+def test_paper_profile_refuses_random_weights_unless_asked(kdbench, tmp_path):
     """The command as a user types it: one line, exit 2, nothing stored or trained."""
     proc = kdbench("run", "--method", "tokd", "--student", "res18t", "--profile", "paper", home=tmp_path)
     lines = proc.stderr.strip().splitlines()

@@ -25,6 +25,7 @@ def only_record(home):
     return rec
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     straight = start(tmp_path / "straight")
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
@@ -45,6 +46,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert [e["loss_ce"] for e in a.history["epochs"]] == [e["loss_ce"] for e in b.history["epochs"]]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_records_interruption(tmp_path):
     proc = start(tmp_path)
     deadline = time.time() + 300
@@ -56,6 +58,7 @@ def test_sigterm_stops_cleanly_and_records_interruption(tmp_path):
     assert only_record(tmp_path).status == "interrupted"
 
 
+@pytest.mark.slow
 def test_grid_killed_at_several_points_finishes_with_the_same_results(tmp_path):
     spec = tmp_path / "g.toml"
     spec.write_text('students = ["res18t"]\n[[group]]\nmethods = ["vanilla", "fitnet"]\nmodes = ["rgb"]\n')

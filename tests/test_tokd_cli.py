@@ -9,6 +9,7 @@ SWITCHES = [["--mode", "rgb"], ["--mode", "both"], ["--no-rotation"], ["--no-pro
             ["--alpha", "200"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: " ".join(s))
 def test_tokd_switch_runs_in_smoke_profile(smoke_workspace, kdbench, switch):
     proc = kdbench("run", "--method", "tokd", "--student", "res18t", "--profile", "smoke", "--epochs", "1", *switch,
