@@ -206,6 +206,8 @@ def train_step(forward: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], di
     diagnose = info.log and distiller is not None and distiller.mode == "both" \
         and not distiller.reports_grad_cos and not resolve
     weigh = info.log and distiller is not None  # the loss balance (kdbench.train.balance)
+    if weigh:  # a compiled student's (--compile) returned taps are graph outputs CE never flows
+        forward = getattr(forward, "_orig_mod", forward)  # through: a logging step runs it eagerly
     with rt.autocast():
         logits, taps = forward(x)
         ce = F.cross_entropy(logits, y)
