@@ -184,7 +184,8 @@ def run_grid(cells: Sequence[Cell], run_cell: Callable[[Cell], Any], is_done: Ca
             rec = run_cell(cell)
             report.ran.append(cell)
             report.records[c.hash] = rec
-            outcome = f"done in {time.perf_counter() - t0:.0f} s" + (f": {headline(rec)}" if headline(rec) else "")
+            said = headline(rec)
+            outcome = f"done in {time.perf_counter() - t0:.0f} s" + (f": {said}" if said else "")
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded in the store by the runner; the grid goes on

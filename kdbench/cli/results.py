@@ -114,6 +114,14 @@ def show(
     print_record(rec, workspace(workdir).run_dir(rec.hash))
 
 
+def epoch_table(keys: list[str]) -> Table:
+    """A borderless table of one row per epoch: the epoch, then a right-aligned column per key."""
+    table = Table(box=None, pad_edge=False)
+    for k in ("epoch", *keys):
+        table.add_column(k, justify="right")
+    return table
+
+
 def print_record(rec: RunRecord, run_dir: Path) -> None:
     from rich.rule import Rule
 
@@ -155,7 +163,7 @@ def print_record(rec: RunRecord, run_dir: Path) -> None:
     section("changed against the bare profile")
     out.print(Text("  " + (changed_text(rec) or "nothing (the profile's defaults)")))
     section("configuration (resolved; its hash identifies the run)")
-    pairs({k: v for k, v in flat_config(rec.config).items()})
+    pairs(flat_config(rec.config))
     section("environment (recorded, not hashed)")
     pairs({"device": rec.device, **(rec.versions or {}),
            **{f"runtime.{k}": v for k, v in (history.get("runtime") or {}).items() if k != "phases"}})
@@ -163,10 +171,7 @@ def print_record(rec: RunRecord, run_dir: Path) -> None:
     if epochs:
         section("per-epoch history")
         keys = list(dict.fromkeys(k for row in epochs for k in row if k != "epoch"))
-        table = Table(box=None, pad_edge=False)
-        table.add_column("epoch", justify="right")
-        for k in keys:
-            table.add_column(k, justify="right")
+        table = epoch_table(keys)
         for row in epochs:
             table.add_row(str(row["epoch"] + 1), *(number(row.get(k)) for k in keys))
         print_wide(table, out)
@@ -174,10 +179,7 @@ def print_record(rec: RunRecord, run_dir: Path) -> None:
     if diagnostics:
         section(f"diagnostics ({len(diagnostics)} logged steps; mean per epoch)")
         keys = list(dict.fromkeys(k for row in diagnostics for k in row if k not in ("step", "epoch")))
-        table = Table(box=None, pad_edge=False)
-        table.add_column("epoch", justify="right")
-        for k in keys:
-            table.add_column(k, justify="right")
+        table = epoch_table(keys)
         for epoch in sorted({row["epoch"] for row in diagnostics}):
             rows = [row for row in diagnostics if row["epoch"] == epoch]
             means = []

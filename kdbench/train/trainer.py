@@ -172,13 +172,8 @@ def compiled_step(model: nn.Module, distiller: Distiller | None, mode: str | Non
                   ) -> Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]:
     """``--compile``: the student's forward through ``torch.compile`` (returned: the module itself
     keeps its checkpoint keys) and the distiller's loss compiled in place (its state_dict keys stay
-    as they are), so the losses' many small kernels are fused too. Donated buffers are turned off:
-    on a logging step the loss-balance diagnostic (``kdbench.train.balance``) takes each term's
-    gradient through the compiled student with the graph retained, which a backward whose
-    buffers were donated refuses."""
-    import torch._functorch.config as functorch_config
-
-    functorch_config.donated_buffer = False
+    as they are), so the losses' many small kernels are fused too. A logging step runs both
+    eagerly (``train_step``): its diagnostics take per-term gradients with the graph retained."""
     if distiller is not None:
         distiller.compile(mode=mode)
     return torch.compile(model, mode=mode)
@@ -433,18 +428,18 @@ def fit(
         if rt.is_main:  # ``warn``: where the one loss-balance warning goes (default: above the bar)
             loop.warn = warn or (lambda text: bar.console.print(escape(text)))
 
-        last_val = [""]  # the previous epoch's validation, shown beside the running loss
+        last_val = ""  # the previous epoch's validation, shown beside the running loss
 
         def advance(stats: str | None) -> None:
-            if stats:
-                bar.update(task, advance=1, stats=stats + last_val[0])
+            if stats:  # two calls, not a ``**`` mapping: rich types each keyword of ``update``
+                bar.update(task, advance=1, stats=stats + last_val)
             else:
                 bar.update(task, advance=1)
 
         for epoch in range(state.epoch + 1, cfg.epochs):
             row = run_epoch(state, loop, epoch, advance)
-            last_val[0] = f" | val acc {row['val_acc']:.2f} auc {row['val_auc']:.2f}"
-            bar.update(task, stats=f"ep {epoch + 1}/{cfg.epochs} done{last_val[0]}")
+            last_val = f" | val acc {row['val_acc']:.2f} auc {row['val_auc']:.2f}"
+            bar.update(task, stats=f"ep {epoch + 1}/{cfg.epochs} done{last_val}")
             if checkpoint is not None and rt.is_main:
                 saver.save(state.to_dict(identity), checkpoint)
             if on_epoch is not None:
@@ -482,6 +477,6 @@ def epoch_summary(row: Mapping[str, Any], epochs: int) -> str:
     terms = {k[5:]: v for k, v in row.items() if k.startswith("loss_")}
     parts = ", ".join(f"{k} {v:.4f}" for k, v in terms.items())
     loss = f"loss {sum(terms.values()):.4f}" + (f" ({parts})" if len(terms) > 1 else "")
-    val = ", ".join(f"{k[4:]} {row[k]:.2f}" for k in ("val_acc", "val_auc") if k in row).replace(", ", " ")
+    val = " ".join(f"{k[4:]} {row[k]:.2f}" for k in ("val_acc", "val_auc") if k in row)
     secs = row.get("train_time", 0.0) + row.get("eval_time", 0.0)
     return f"epoch {row['epoch'] + 1}/{epochs}: {loss}, val {val}, {secs:.0f} s"
