@@ -10,11 +10,25 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Inductor compiles in this process: its pool of compile workers, started in each of pytest -n's
+# workers, made a test's first torch.compile 5-8x slower on the 2-core VM (measured)
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+def threads_per_process() -> int:
+    """Under ``pytest -n N`` (pytest-xdist) N workers share the cores: each takes its share of
+    intra-op threads, and so do the subprocesses it launches (``OMP_NUM_THREADS``), since two
+    OpenMP pools contending for one core run 10-50x slower; alone, up to two threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, (os.cpu_count() or 1) // workers)) if workers > 1 else min(2, torch.get_num_threads())
+
+
+torch.set_num_threads(threads_per_process())
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 
 def launch(*args, home=None, site=None, extra_env=None, timeout=None) -> subprocess.CompletedProcess:
@@ -26,14 +40,31 @@ def launch(*args, home=None, site=None, extra_env=None, timeout=None) -> subproc
                           env=env, timeout=timeout)
 
 
-def invoke(*args, home=None, columns=200):
+def invoke(*args, home=None, columns=200, extra_env=None):
     """``kdbench ARGS`` in this process (typer's CliRunner): ``.exit_code``, ``.output``, ``.stdout``."""
     from typer.testing import CliRunner
 
     from kdbench.cli import app
 
-    env = {"COLUMNS": str(columns), **({"KDBENCH_HOME": str(home)} if home is not None else {})}
+    env = {"COLUMNS": str(columns), **({"KDBENCH_HOME": str(home)} if home is not None else {}), **(extra_env or {})}
     return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+def one_line_error(proc, needle, code):
+    """A subprocess's failure as a user sees it: exit ``code``, ``needle`` in stderr's last line, no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr
+    assert lines and needle in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def in_process_error(result, needle, code):
+    """The same for an in-process ``cli(...)`` result: exit ``code``, ``needle`` in the last line, and
+    the command ended by its own exit (no exception escaped it)."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == code, result.output
+    assert lines and needle in lines[-1], result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
 
 
 def pip_install_target(package: Path, target: Path) -> Path:

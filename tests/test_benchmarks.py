@@ -46,6 +46,7 @@ def test_gpu_check_keeps_to_its_budget(tmp_path):
     assert all("skipped" in line for line in stages[1:]), stages
 
 
+@pytest.mark.slow
 def test_checkpoint_cost_runs(tmp_path):
     proc = subprocess.run([os.sys.executable, str(ROOT / "benchmarks" / "checkpoint_cost.py"), "--student", "res18t",
                            "--repeat", "1", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=300)

@@ -13,7 +13,7 @@ ARGS = ["run", "--method", "fitnet", "--mode", "both", "--profile", "smoke", "--
 
 def launch(home, nproc):
     env = {**os.environ, "KDBENCH_HOME": str(home), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "kdbench.cli", *ARGS]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "kdbench.cli", *ARGS]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (rec,) = [r for r in ResultsStore(home / "results.sqlite").query() if r.method == "fitnet"]
@@ -55,6 +55,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_ranks_with_unequal_shares_keep_identical_rotations(tmp_path):
     """Ranks holding 3 and 4 rows bound the averaged leader step from the global batch, so both pick
     the same exponential and keep bit-identical rotations; bounds from their own rows would not."""
@@ -62,7 +63,7 @@ def test_ranks_with_unequal_shares_keep_identical_rotations(tmp_path):
     for local, expected in ((False, "ranks agree 5"), (True, "ranks differ 5")):
         script = tmp_path / f"agree_{local}.py"
         script.write_text(f"LOCAL = {local}\n" + RANKS_AGREE)
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert expected in proc.stdout, proc.stdout

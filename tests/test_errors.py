@@ -2,6 +2,7 @@
 import sqlite3
 
 import pytest
+from conftest import in_process_error, one_line_error
 from test_plugins import install_fake
 
 from kdbench.store import ResultsStore, RunRecord
@@ -25,30 +26,24 @@ def kdbench_distillers():
 '''
 
 
-def one_line_error(proc, needle, code):
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == code, proc.stderr
-    assert lines and needle in lines[-1], proc.stderr
-    assert "Traceback" not in proc.stderr
-
-
-def test_malformed_config_file(kdbench, tmp_path):
+def test_malformed_config_file(cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nepochs = 2\n")
-    one_line_error(kdbench("run", "--config", str(bad), home=tmp_path), "malformed config file", 2)
+    in_process_error(cli("run", "--config", bad, home=tmp_path), "malformed config file", 2)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[train]\nepochz = 2\n")
-    one_line_error(kdbench("run", "--config", str(unknown), home=tmp_path), "unknown train setting epochz", 2)
+    in_process_error(cli("run", "--config", unknown, home=tmp_path), "unknown train setting epochz", 2)
 
 
-def test_missing_teacher_weights(kdbench, tmp_path):
-    proc = kdbench("run", "--profile", "smoke", "--teacher-weights", str(tmp_path / "none.pth"), home=tmp_path)
-    one_line_error(proc, "teacher weights file not found", 2)
+def test_missing_teacher_weights(cli, tmp_path):
+    result = cli("run", "--profile", "smoke", "--teacher-weights", tmp_path / "none.pth", home=tmp_path)
+    in_process_error(result, "teacher weights file not found", 2)
 
 
-def test_rotation_dim_larger_than_latent(kdbench, tmp_path):
-    proc = kdbench("run", "--method", "tokd", "--profile", "smoke", "--rotation-dim", "999999", home=tmp_path)
-    one_line_error(proc, "exceeds the student latent size D=C*H*W=256*2*2=1024", 2)
+def test_rotation_dim_larger_than_latent(cli, tmp_path):
+    result = cli("run", "--method", "tokd", "--profile", "smoke", "--rotation-dim", "999999", home=tmp_path)
+    in_process_error(result, "exceeds the student latent size D=C*H*W=256*2*2=1024", 2)
+    assert ResultsStore(tmp_path / "results.sqlite").query() == []  # found after the config resolved: nothing stored
 
 
 @pytest.mark.slow
@@ -69,23 +64,16 @@ def test_nan_loss_fails_the_run_and_the_grid_goes_on(kdbench, tmp_path):
     assert "term 'kd_rgb'" in failed.error
 
 
-def test_locked_results_store(kdbench, tmp_path):
+def test_locked_results_store(cli, tmp_path):
     ResultsStore(tmp_path / "results.sqlite")
     holder = sqlite3.connect(tmp_path / "results.sqlite")
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        proc = kdbench("results", "--delete", "0123", home=tmp_path, extra_env={"KDBENCH_DB_TIMEOUT": "0.5"})
+        result = cli("results", "--delete", "0123", home=tmp_path, extra_env={"KDBENCH_DB_TIMEOUT": "0.5"})
     finally:
         holder.rollback()
         holder.close()
-    one_line_error(proc, "database is locked", 1)
-
-
-def in_process_error(result, needle, code):
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == code, result.output
-    assert lines and needle in lines[-1], result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    in_process_error(result, "database is locked", 1)
 
 
 @pytest.mark.parametrize("toml,needle", [
@@ -117,13 +105,6 @@ def test_config_typos_and_ranges_are_refused(cli, tmp_path, toml, needle):
 ])
 def test_bad_values_are_one_line_where_they_enter(cli, tmp_path, args, needle):
     in_process_error(cli("run", "--profile", "smoke", *args, home=tmp_path), needle, 2)
-
-
-def test_a_usage_error_stores_no_record(cli, tmp_path):
-    """Found while building the distiller (after the config resolved): still nothing is stored."""
-    result = cli("run", "--method", "tokd", "--profile", "smoke", "--rotation-dim", "999999", home=tmp_path)
-    in_process_error(result, "exceeds the student latent size", 2)
-    assert ResultsStore(tmp_path / "results.sqlite").query() == []
 
 
 def test_results_delete_of_an_unknown_hash(cli, tmp_path):

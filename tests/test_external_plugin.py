@@ -106,6 +106,7 @@ def test_plain_defaults_listed_and_malformed_named_in_one_line(kdbench, third_pa
     assert "is broken" in said and "defaults must be a dict" in said, said
 
 
+@pytest.mark.slow
 def test_hparam_choices_and_ranges_refused_in_one_line(kdbench, third_party_site, tmp_path):
     run = kdbench("run", "--method", "pooledl2", "--hp", "tap=stage1", "--profile", "smoke",
                   site=third_party_site, home=tmp_path)

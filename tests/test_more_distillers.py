@@ -313,4 +313,4 @@ def test_table3x_spec_covers_every_builtin_in_each_mode(tmp_path):
     assert "KD Fused" in grid.header and "KD RGB" not in grid.header and "RKD Both" in grid.header
     assert any("fused-head logits" in n for n in grid.notes)
     result = CliRunner().invoke(app, ["table", "5", "--spec", "table3x", "--workdir", str(tmp_path)])
-    assert result.exit_code == 2 and "Table 3 only" in result.output
+    assert result.exit_code == 2 and "Table 3 and the cells table only" in result.output

@@ -97,8 +97,9 @@ def test_selection_on_validation_not_test(splits, monkeypatch):
     assert res.val["acc"] == max(val_accs)
 
 
+@pytest.mark.slow
 def test_two_identical_runs_are_identical(tmp_path):
-    cfg = smoke("fitnet", mode="both")
+    cfg = smoke("fitnet", mode="both", train={"epochs": 1}, teacher={"epochs": 1})
     metrics = []
     for name in ("a", "b"):
         ws = Workspace(tmp_path / name)
@@ -135,12 +136,13 @@ def test_plan_taps_fills_device_then_host_smallest_first():
     assert plan_taps(sizes, 0, 0) == dict.fromkeys(sizes, "online")
 
 
+@pytest.mark.slow
 def test_taps_over_the_budget_come_from_an_online_teacher(tmp_path, monkeypatch):
     """VID's four teacher maps per branch: with a budget that holds only the small ones, the big
     ones are computed online (the record says which) and training sees the same features."""
     from kdbench.train.runtime import Runtime
 
-    cfg = smoke("vid", mode="both")
+    cfg = smoke("vid", mode="both", train={"epochs": 1})
     ws = Workspace(tmp_path)
     quiet = dict(log=lambda m: None, progress=False)
     cached = run(cfg, ws, ResultsStore(ws.store_path), RT, **quiet)

@@ -98,6 +98,7 @@ def test_every_hook_is_isolated_and_named(fake_site):
     assert "echo" in reg.distillers and "vanilla" in reg.distillers
 
 
+@pytest.mark.slow
 def test_cli_survives_plugins_that_exit_or_raise(fake_site, kdbench):
     """`kdbench plugins` names them, and a command that builds students still runs (one line each)."""
     install_fake(fake_site, "kdb-students", "kdbtest_students", BAD_HOOKS)

@@ -241,8 +241,9 @@ def test_resolver_none_gives_the_records_of_no_option(smoke_workspace, tmp_path,
     from kdbench.train.runtime import Runtime
 
     recs = []
-    for i, cfg in enumerate((resolve("pkt", "both", profile="smoke"),
-                             resolve("pkt", "both", profile="smoke", resolver="none"))):
+    one_epoch = {"epochs": 1}
+    for i, cfg in enumerate((resolve("pkt", "both", profile="smoke", train=one_epoch),
+                             resolve("pkt", "both", profile="smoke", train=one_epoch, resolver="none"))):
         rec = run(cfg, smoke_workspace, ResultsStore(tmp_path / f"{i}.sqlite"), Runtime(), log=lambda _m: None,
                   progress=False)
         recs.append(rec)
@@ -322,6 +323,7 @@ def test_third_party_resolvers_are_found_isolated_and_checked(tmp_path, monkeypa
     assert [r.check for r in failed] == ["a descent direction of the summed terms"]
 
 
+@pytest.mark.slow
 def test_cli_names_a_broken_resolver_in_one_line(tmp_path, kdbench):
     from test_plugins import install_fake
 

@@ -288,3 +288,26 @@ def test_loss_balance_table_and_table3_marker(tmp_path, cli):
     assert any(n.startswith("†") for n in table3.notes)
     res = cli("table", "balance", "--format", "csv", "--workdir", tmp_path)
     assert res.exit_code == 0 and "kd_rgb" in res.stdout and "too weak" in res.stdout
+
+
+def test_the_cells_table_lays_out_a_sweep_and_table3_refuses_it(tmp_path, cli):
+    """FAKE records (test fixtures): a spec sweeping TOKD's alpha beside vanilla; each row is a
+    cell, marked against vanilla by one standard error; Table 3 refuses the sweep in one line."""
+    spec = tmp_path / "sweep.toml"
+    spec.write_text('students = ["res18t"]\n[[group]]\nlabel = "Vanilla"\nmethods = ["vanilla"]\n'
+                    '[[group]]\nlabel = "TOKD"\nmethods = ["tokd"]\nmodes = ["both"]\nsweep = { alpha = [10, 1000] }\n')
+    store = ResultsStore(tmp_path / "results.sqlite")
+    accs = {"vanilla": [80.0, 80.5, 81.0], 10: [83.0, 83.5, 84.0], 1000: [80.2, 81.2, 79.7]}
+    for cell in expand(str(spec), profile="smoke"):
+        for seed, acc in enumerate(accs[cell.variant.get("alpha", cell.cfg.method)]):
+            store.put(fake_record(dataclasses.replace(cell.cfg, seed=seed), acc))
+    result = cli("table", "cells", "--spec", spec, "--profile", "smoke", "--format", "markdown", home=tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = {cols[1].strip(): cols[2].strip() for line in result.stdout.splitlines()
+            if line.startswith("| ") and len(cols := line.split("|")) == 4}
+    assert rows["Vanilla"] == "80.50 ± 0.50"  # the reference: no mark
+    assert rows["TOKD alpha=10"] == "83.50 ± 0.50 ↑"  # 3.0 above, SE 0.41
+    assert rows["TOKD alpha=1000"] == "80.37 ± 0.76 ≈"  # 0.13 below, SE 0.52
+    refused = cli("table", "3", "--spec", spec, "--profile", "smoke", home=tmp_path)
+    assert refused.exit_code == 2 and "sweeps alpha" in refused.output and "table cells --spec" in refused.output
+    assert cli("table", "cells", home=tmp_path).exit_code == 2

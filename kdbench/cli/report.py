@@ -29,7 +29,7 @@ from kdbench.cli.common import (
 )
 from kdbench.config import ConfigError
 
-TABLES = ("1", "3", "4", "5", "6", "7", "resolvers", "balance")
+TABLES = ("1", "3", "4", "5", "6", "7", "resolvers", "balance", "cells")
 FORMATS = ("rich", "markdown", "latex", "csv")
 SeedsOpt = typer.Option(None, "--seeds", help="Comma-separated seeds to keep (default: all found).")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose runs to show (default: every profile "
@@ -39,7 +39,8 @@ ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose runs to s
 @cli_errors
 def table(
     number: str = typer.Argument(..., help="1 | 3 | 4 | 5 | 6 | 7 | resolvers (the resolvers spec) | "
-                                            "balance (each KD term's gradient beside CE's)."),
+                                            "balance (each KD term's gradient beside CE's) | cells (any "
+                                            "spec, a row per cell: with --spec)."),
     fmt: str = typer.Option("rich", "--format", help="rich | markdown | latex | csv."),
     profile: Optional[str] = ProfileOpt,
     students: Optional[str] = StudentsOpt,
@@ -48,8 +49,9 @@ def table(
     metric: str = typer.Option("acc", "--metric", help="acc | auc (Tables 3, 5, 6, resolvers); cos (resolvers: "
                                "Fig. 4's cosine before/after resolution)."),
     paper: bool = typer.Option(False, "--paper", help="Add the paper's published numbers beside ours."),
-    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3 only: lay out another grid spec's cells "
-                                                            "(table3x: every built-in distiller in each mode)."),
+    spec: Optional[str] = typer.Option(None, "--spec", help="Table 3: lay out another grid spec's cells "
+                                                            "(table3x: every built-in distiller in each mode); "
+                                                            "cells: the spec to lay out (a name or a file)."),
     config: Optional[Path] = ConfigOpt,
     teacher_weights: Optional[Path] = TeacherWeightsOpt,
     student_weights: Optional[Path] = StudentWeightsOpt,
@@ -57,8 +59,8 @@ def table(
     resolver: Optional[str] = ResolverOpt,
     workdir: Optional[Path] = WorkdirOpt,
 ) -> None:
-    """Render Table 1 (from the models) or Tables 3-7, the resolvers and the loss-balance tables (from the
-    results store).
+    """Render Table 1 (from the models) or Tables 3-7, the resolvers, the loss-balance and any grid's
+    cells tables (from the results store).
 
     Without --profile, every profile that holds runs for the table is shown (csv: the first,
     the others named on stderr)."""
@@ -68,8 +70,8 @@ def table(
         raise ConfigError(f"unknown table {number}; choose one of: {', '.join(TABLES)}")
     check_choice("format", fmt, FORMATS)
     check_choice("metric", metric, ("acc", "auc", "cos") if number == "resolvers" else ("acc", "auc"))
-    if spec is not None and number != "3":
-        raise ConfigError(f"--spec applies to Table 3 only, not Table {number}")
+    if spec is not None and number not in ("3", "cells"):
+        raise ConfigError(f"--spec applies to Table 3 and the cells table only, not Table {number}")
     if number == "1":
         from kdbench.report.complexity import table1_grid
 

@@ -90,10 +90,6 @@ def run(
                                       "and what it changes against the profile; run nothing."),
 ) -> None:
     """Train one student with one distiller and store the record."""
-    from kdbench.io import locked
-    from kdbench.train.runner import run as run_one
-    from kdbench.train.runtime import make_runtime
-
     sugar = {"rotation_dim": rotation_dim, "alpha": alpha,
              "rotation": False if no_rotation else None, "projector": False if no_projector else None}
     hp = hp + [f"{k}={v}" for k, v in sugar.items() if v is not None]
@@ -105,6 +101,12 @@ def run(
     if print_config:
         print_resolved(cfg)
         return
+    # imported once the options are known good: a usage error is answered without loading the
+    # models and training code (seconds of import time)
+    from kdbench.io import locked
+    from kdbench.train.runner import run as run_one
+    from kdbench.train.runtime import make_runtime
+
     ws = workspace(workdir)
     store = results_store(ws.store_path)
     done = store.get(cfg.hash)

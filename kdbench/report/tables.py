@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence, TypeVar
 
-from kdbench.config import PIPELINE_CHECK, is_pipeline_check
+from kdbench.config import PIPELINE_CHECK, ConfigError, is_pipeline_check
 from kdbench.grid import Cell, expand
 from kdbench.store import ResultsStore, RunRecord
 
@@ -204,6 +204,10 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
     """Rows student x dataset; Vanilla, then RGB and Both for each method, Both marked against RGB;
     one Fused column for a logit method (``spec``: e.g. ``table3x``, the extended Table 3)."""
     cells = look.cells(spec, profile=profile, students=students, datasets=datasets)
+    swept = ordered(k for c in cells for k in c.variant)
+    if swept:  # a Table 3 column holds one configuration per method and mode
+        raise ConfigError(f"spec {spec} sweeps {', '.join(swept)}: a Table 3 column holds one configuration; "
+                          f"render it with `kdbench table cells --spec {spec}`")
     get = test_metric(metric)
     stats = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): look.stat(c, get) for c in cells}
     unbalanced = {(c.cfg.dataset, c.cfg.student, c.cfg.method, c.cfg.mode): off_balance(look.records(c)) for c in cells}
@@ -511,6 +515,48 @@ def resolvers_table(look: Lookup, profile: str, students: Sequence[str] | None, 
     return Grid(f"Gradient-conflict resolvers in Both mode ({title})", header, rows, notes)
 
 
+CELLS_MARK_NOTE = ("Mark against Vanilla (the spec's vanilla cell, same dataset and student): ↑/↓ when the difference "
+                   "of the means exceeds one standard error of it, SE = sqrt(s_V²/n_V + s²/n); ≈ within it; ? when "
+                   "either has a single seed.")
+
+
+def cell_name(cell: Cell, with_mode: bool = True) -> str:
+    """A row of the cells table: the group's label (or the method, with its mode where the spec
+    has several), the resolver where one is set, then the cell's sweep values."""
+    method = cell.cfg.method
+    name = cell.label if cell.label.lower() != method else \
+        f"{METHOD_NAMES.get(method, method)}{f' {cell.cfg.mode}' if with_mode else ''}"
+    resolver = [f"+ {cell.cfg.resolver}"] if cell.cfg.resolver != "none" else []
+    return " ".join([name, *resolver, *(f"{k}={v}" for k, v in cell.variant.items())])
+
+
+def cells_table(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
+                metric: str = "acc", paper: bool = False, spec: str = "table3") -> Grid:
+    """Any grid spec as it is written: one row per cell (its label, resolver and sweep values, in
+    the spec's order), one column per dataset x student, each marked against the spec's vanilla
+    cell. The layout for a spec that sweeps hyper-parameters, such as Fig. 3's alpha sweep."""
+    cells = look.cells(spec, profile=profile, students=students, datasets=datasets)
+    columns = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
+    modes = {m: {c.cfg.mode for c in cells if c.cfg.method == m} for m in {c.cfg.method for c in cells}}
+    names = {id(c): cell_name(c, len(modes[c.cfg.method]) > 1) for c in cells}
+    get = test_metric(metric)
+    stats = {(names[id(c)], c.cfg.dataset, c.cfg.student): look.stat(c, get) for c in cells}
+    vanilla = {(c.cfg.dataset, c.cfg.student): stats[names[id(c)], c.cfg.dataset, c.cfg.student]
+               for c in cells if c.cfg.method == "vanilla"}
+    header = ["Cell", *(f"{dataset_name(ds)} {STUDENT_NAMES.get(st, st)}" for ds, st in columns)]
+    rows: list[list[Entry]] = []
+    for name in ordered(names[id(c)] for c in cells):
+        row: list[Entry] = [name]
+        for ds, st in columns:
+            stat, ref = stats.get((name, ds, st)), vanilla.get((ds, st))
+            is_ref = ref is not None and stat is ref
+            row.append(Marked(stat, direction(ref, stat)) if stat is not None and ref is not None and not is_ref
+                       else stat)
+        rows.append(row)
+    notes = [*([CELLS_MARK_NOTE] if vanilla else []), *common_notes(look, metric, profile)]
+    return Grid(f"Grid {spec}: every cell (test {metric.upper()} %)", header, rows, notes)
+
+
 BUILDERS: dict[int | str, Callable[..., Grid]] = {3: table3, 4: table4, 5: table5, 6: table6, 7: table7,
                                                    "resolvers": resolvers_table}
 
@@ -518,15 +564,20 @@ BUILDERS: dict[int | str, Callable[..., Grid]] = {3: table3, 4: table4, 5: table
 def build_table(number: int | str, store: ResultsStore, profile: str = "cpu", students: Sequence[str] | None = None,
                 datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None, metric: str = "acc",
                 paper: bool = False, options: Mapping[str, Any] | None = None, spec: str | None = None) -> Grid:
-    """Table ``number`` (3-7, or ``"resolvers"``) from ``store``; ``seeds`` None keeps every seed found; ``options``:
-    the cell-defining options the grid ran with (``config``, ``teacher``, ``data``, ``test_data``);
-    ``spec``: Table 3 only, another grid spec laid out as Table 3 (``table3x``: every distiller).
+    """Table ``number`` (3-7, ``"resolvers"`` or ``"cells"``) from ``store``; ``seeds`` None keeps every seed
+    found; ``options``: the cell-defining options the grid ran with (``config``, ``teacher``, ``data``,
+    ``test_data``); ``spec``: another grid spec laid out as Table 3 (``table3x``: every distiller), or
+    the spec the cells table lays out (required there).
     Its notes say when runs it cannot show are stored: of other profiles, or of students or
     datasets outside the spec's lists (Table 6's spec is Xception-only, a res18t ablation is not)."""
     look = Lookup(store, seeds, options or {})
-    if spec is not None:
+    if number == "cells":
+        if spec is None:
+            raise ConfigError("the cells table lays out a grid spec: pass --spec NAME (a built-in spec or a file)")
+        grid = cells_table(look, profile, students, datasets, metric, paper, spec=spec)
+    elif spec is not None:
         if number != 3:
-            raise ValueError(f"--spec applies to Table 3 only, not Table {number}")
+            raise ConfigError(f"--spec applies to Table 3 and the cells table only, not Table {number}")
         grid = table3(look, profile, students, datasets, metric, paper, spec=spec)
     else:
         grid = BUILDERS[number](look, profile, students, datasets, metric, paper)
