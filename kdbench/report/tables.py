@@ -541,6 +541,7 @@ def cells_table(look: Lookup, profile: str, students: Sequence[str] | None, data
     names = {id(c): cell_name(c, len(modes[c.cfg.method]) > 1) for c in cells}
     get = test_metric(metric)
     stats = {(names[id(c)], c.cfg.dataset, c.cfg.student): look.stat(c, get) for c in cells}
+    references = {names[id(c)] for c in cells if c.cfg.method == "vanilla"}
     vanilla = {(c.cfg.dataset, c.cfg.student): stats[names[id(c)], c.cfg.dataset, c.cfg.student]
                for c in cells if c.cfg.method == "vanilla"}
     header = ["Cell", *(f"{dataset_name(ds)} {STUDENT_NAMES.get(st, st)}" for ds, st in columns)]
@@ -549,9 +550,10 @@ def cells_table(look: Lookup, profile: str, students: Sequence[str] | None, data
         row: list[Entry] = [name]
         for ds, st in columns:
             stat, ref = stats.get((name, ds, st)), vanilla.get((ds, st))
-            is_ref = ref is not None and stat is ref
-            row.append(Marked(stat, direction(ref, stat)) if stat is not None and ref is not None and not is_ref
-                       else stat)
+            if stat is not None and ref is not None and name not in references:
+                row.append(Marked(stat, direction(ref, stat)))
+            else:
+                row.append(stat)
         rows.append(row)
     notes = [*([CELLS_MARK_NOTE] if vanilla else []), *common_notes(look, metric, profile)]
     return Grid(f"Grid {spec}: every cell (test {metric.upper()} %)", header, rows, notes)
