@@ -12,3 +12,4 @@ for fmt in markdown csv; do
 done
 .venv/bin/kdbench table balance --profile cpu --format markdown > "$out/balance.md"
 .venv/bin/kdbench grid $out/spec.toml --profile cpu --seeds 0,1,2 --dry-run > "$out/cells.txt"
+cp "$KDBENCH_HOME/results.sqlite" "$out/results.sqlite"   # re-render: kdbench table cells ... --workdir $out
