@@ -30,6 +30,11 @@ class Cell:
     variant: dict[str, Any] = field(default_factory=dict)  # this cell's sweep values
     pretrained_student: bool = False  # the paper ran it from an ImageNet-pretrained student
 
+    @property
+    def swept(self) -> list[str]:
+        """This cell's sweep values as ``key=value``, in the spec's order (tables and listings)."""
+        return [f"{k}={v}" for k, v in self.variant.items()]
+
 
 def load_spec(name: str) -> tuple[str, dict[str, Any]]:
     """A built-in spec by name, or a user's TOML/YAML file."""

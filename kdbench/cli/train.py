@@ -269,7 +269,7 @@ def _run_local(cells: Sequence[Cell], ws: Workspace, store: ResultsStore, status
 def variant_text(cell: Any) -> str:
     """What sets a cell apart within its method and mode: its sweep values, and its group's
     label where that is not just the method's name (Table 6's "RGB+Fre+Projector")."""
-    parts = [f"{k}={v}" for k, v in cell.variant.items()]
+    parts = list(cell.swept)
     if cell.label.lower() != cell.cfg.method:
         parts.insert(0, cell.label)
     return " ".join(parts)

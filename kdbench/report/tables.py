@@ -527,7 +527,7 @@ def cell_name(cell: Cell, with_mode: bool = True) -> str:
     name = cell.label if cell.label.lower() != method else \
         f"{METHOD_NAMES.get(method, method)}{f' {cell.cfg.mode}' if with_mode else ''}"
     resolver = [f"+ {cell.cfg.resolver}"] if cell.cfg.resolver != "none" else []
-    return " ".join([name, *resolver, *(f"{k}={v}" for k, v in cell.variant.items())])
+    return " ".join([name, *resolver, *cell.swept])
 
 
 def cells_table(look: Lookup, profile: str, students: Sequence[str] | None, datasets: Sequence[str] | None,
@@ -538,15 +538,15 @@ def cells_table(look: Lookup, profile: str, students: Sequence[str] | None, data
     cells = look.cells(spec, profile=profile, students=students, datasets=datasets)
     columns = ordered((c.cfg.dataset, c.cfg.student) for c in cells)
     modes = {m: {c.cfg.mode for c in cells if c.cfg.method == m} for m in {c.cfg.method for c in cells}}
-    names = {id(c): cell_name(c, len(modes[c.cfg.method]) > 1) for c in cells}
+    named = [(cell_name(c, len(modes[c.cfg.method]) > 1), c) for c in cells]
     get = test_metric(metric)
-    stats = {(names[id(c)], c.cfg.dataset, c.cfg.student): look.stat(c, get) for c in cells}
-    references = {names[id(c)] for c in cells if c.cfg.method == "vanilla"}
-    vanilla = {(c.cfg.dataset, c.cfg.student): stats[names[id(c)], c.cfg.dataset, c.cfg.student]
-               for c in cells if c.cfg.method == "vanilla"}
+    stats = {(name, c.cfg.dataset, c.cfg.student): look.stat(c, get) for name, c in named}
+    references = {name for name, c in named if c.cfg.method == "vanilla"}
+    vanilla = {(c.cfg.dataset, c.cfg.student): stats[name, c.cfg.dataset, c.cfg.student]
+               for name, c in named if name in references}
     header = ["Cell", *(f"{dataset_name(ds)} {STUDENT_NAMES.get(st, st)}" for ds, st in columns)]
     rows: list[list[Entry]] = []
-    for name in ordered(names[id(c)] for c in cells):
+    for name in ordered(name for name, _ in named):
         row: list[Entry] = [name]
         for ds, st in columns:
             stat, ref = stats.get((name, ds, st)), vanilla.get((ds, st))
