@@ -13,7 +13,8 @@
 #                compiled step's kernels (why compile and TOKD cost what they cost)
 # The stages run in that order of importance, within CHECK_BUDGET seconds (default 450: the 8 minutes less
 # the install and a margin). A stage gets only the seconds left (it is stopped at the budget; speed.py has
-# saved its JSON after each student by then) and is skipped when under 30 s are left; stages.txt says which.
+# saved its JSON after each student by then) and is skipped when under MIN_STAGE s (default 30) are left;
+# stages.txt says which.
 # JSON goes to $OUT (or ./gpu-check-out). `--tiny` runs the same scripts on CPU at a tiny size (tests).
 # To fit a shorter device call: CHECK_BUDGET=300; GPU_TESTS=0 skips the tests;
 # SPEED_EXTRA="--students res18t --sections a,d" is appended to speed.py's arguments.
@@ -49,7 +50,7 @@ stage() {  # stage NAME CAP COMMAND...: output to $OUT/NAME.txt, its seconds to 
   t0=$(date +%s)
   left=$(( budget - (t0 - start) ))
   [ "$2" -gt 0 ] && [ "$2" -lt "$left" ] && left=$2
-  if [ "$left" -lt 30 ]; then
+  if [ "$left" -lt "${MIN_STAGE:-30}" ]; then
     echo "$1: skipped, ${left} s of the ${budget} s budget left" | tee -a "$OUT/stages.txt"
     status=1
     return

@@ -36,12 +36,13 @@ def test_gpu_check_keeps_to_its_budget(tmp_path):
     slow = tmp_path / "slow-python"
     slow.write_text("#!/bin/sh\nexec sleep 120\n")
     slow.chmod(0o755)
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(slow), "CHECK_BUDGET": "31"}
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": str(slow), "CHECK_BUDGET": "4",
+           "MIN_STAGE": "2"}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     stages = (tmp_path / "out" / "stages.txt").read_text().splitlines()
-    assert stages[0].startswith("speed: ") and stages[0].endswith("stopped after 31 s, exit 124"), stages
+    assert stages[0].startswith("speed: ") and stages[0].endswith("stopped after 4 s, exit 124"), stages
     assert [line.split(":")[0] for line in stages[1:]] == ["rotation_cost", "loss_kernels", "profile_step"]
     assert all("skipped" in line for line in stages[1:]), stages
 

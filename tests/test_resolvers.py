@@ -364,6 +364,7 @@ def test_the_resolvers_table_marks_each_resolver_against_the_plain_sum(tmp_path)
     body, _ = render(grid, "markdown")
     sp = next(line for line in body.splitlines() if "| SP " in line)
     assert "80.50 ± 0.50" in sp and "83.50 ± 0.50 ↑" in sp and "80.37 ± 0.76 ≈" in sp
-    cos_body, _ = render(build_table("resolvers", store, profile="smoke", metric="cos"), "markdown")
+    cos_body, cos_notes = render(build_table("resolvers", store, profile="smoke", metric="cos"), "markdown")
     sp = next(line for line in cos_body.splitlines() if "| SP " in line)
     assert "-0.80 ± 0.00" in sp and "0.10 ± 0.00" in sp and "↑" not in sp  # second half only, no marks
+    assert "Cosine (-1..1); mean ± sample std" in cos_notes and "(%)" not in cos_notes  # not a test percentage

@@ -189,10 +189,12 @@ def teacher_metric(metric: str) -> Callable[[RunRecord], Any]:
     return lambda rec: (rec.metrics or {})["teacher"]["test"][metric]
 
 
-def common_notes(look: Lookup, metric: str, profile: str) -> list[str]:
+def common_notes(look: Lookup, metric: str, profile: str, what: str = "") -> list[str]:
+    """The note every table ends with; ``what`` names the values where they are not test metrics."""
     seeds = ", ".join(map(str, sorted(look.seen))) or "none found"
-    return [f"Test {metric.upper()} (%) at the epoch selected on validation accuracy; mean ± sample std over "
-            f"seeds ({seeds}); profile {profile!r}; (n=k): only k < 3 seeds; {MISSING}: no finished run."]
+    what = what or f"Test {metric.upper()} (%) at the epoch selected on validation accuracy"
+    return [f"{what}; mean ± sample std over seeds ({seeds}); profile {profile!r}; (n=k): only k < 3 seeds; "
+            f"{MISSING}: no finished run."]
 
 
 def ordered(values: Iterable[K]) -> list[K]:
@@ -510,7 +512,7 @@ def resolvers_table(look: Lookup, profile: str, students: Sequence[str] | None, 
                      "before). TOKD's Both column is its own cosine, in its rotated space.")
     else:
         notes.append(RESOLVER_MARK_NOTE)
-    notes += common_notes(look, "cos" if cos else metric, profile)
+    notes += common_notes(look, metric, profile, what="Cosine (-1..1)" if cos else "")
     title = "Fig. 4 cosine before/after resolution" if cos else f"test {metric.upper()} %"
     return Grid(f"Gradient-conflict resolvers in Both mode ({title})", header, rows, notes)
 
