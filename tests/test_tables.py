@@ -290,6 +290,26 @@ def test_loss_balance_table_and_table3_marker(tmp_path, cli):
     assert res.exit_code == 0 and "kd_rgb" in res.stdout and "too weak" in res.stdout
 
 
+def test_the_balance_table_names_a_resolver_and_leaves_its_unmeasured_ratio_unflagged(tmp_path):
+    """A run with a resolver measures its terms at the taps only (the summary's student ratio is NaN):
+    its row says which resolver, shows "–" there and is not flagged for it; the plain sum comes first."""
+    from kdbench.report.tables import balance_table
+
+    store = ResultsStore(Workspace(tmp_path).store_path)
+    for cell in expand("resolvers", profile="cpu"):
+        if cell.cfg.method == "at" and cell.cfg.resolver in ("none", "pcgrad"):
+            rec = fake_record(cell.cfg, 75.0)
+            student = 0.2 if cell.cfg.resolver == "none" else float("nan")
+            rec.history["balance"] = {p: {"kd_rgb": {"step": 0, "taps": 0.3, "student": student}}
+                                      for p in ("start", "middle", "end")}
+            store.put(rec)
+    grid = balance_table(store, "cpu", None, None, None)
+    rows = [dict(zip(grid.header, r)) for r in grid.rows]
+    assert [r["Settings"] for r in rows] == ["defaults", "resolver=pcgrad"]
+    assert rows[0]["student start"] == "2.0e-01" and rows[1]["student start"] == "–"
+    assert rows[1]["taps start"] == "3.0e-01" and rows[1]["flag"] == ""
+
+
 def test_the_cells_table_lays_out_a_sweep_and_table3_refuses_it(tmp_path, cli):
     """FAKE records (test fixtures): a spec sweeping TOKD's alpha beside vanilla; each row is a
     cell, marked against vanilla by one standard error; Table 3 refuses the sweep in one line."""

@@ -401,7 +401,8 @@ def geomean(values: Sequence[float]) -> float:
 
 
 def settings(rec: RunRecord) -> str:
-    """The run's hyper-parameters that differ from its distiller's defaults, e.g. "alpha=100"."""
+    """The run's hyper-parameters that differ from its distiller's defaults, and its resolver, e.g.
+    "alpha=100, resolver=pcgrad"."""
     from kdbench.plugins import get_distiller_class
 
     try:
@@ -409,7 +410,9 @@ def settings(rec: RunRecord) -> str:
     except Exception:  # noqa: BLE001 - a plugin no longer installed: show every value
         defaults = {}
     hp = rec.config.get("hp") or {}
-    return ", ".join(f"{k}={v}" for k, v in sorted(hp.items()) if k not in defaults or defaults[k].value != v)
+    changed = [f"{k}={v}" for k, v in sorted(hp.items()) if k not in defaults or defaults[k].value != v]
+    resolver = rec.config.get("resolver") or "none"
+    return ", ".join([*changed, *([f"resolver={resolver}"] if resolver != "none" else [])])
 
 
 def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | None,
@@ -432,7 +435,8 @@ def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | N
     header = ["Dataset", "Student", "Method", "Mode", "Settings", "Term", "n",
               *(f"taps {p}" for p in balance.PHASES), *(f"student {p}" for p in balance.PHASES), "flag"]
     rows: list[list[Entry]] = []
-    for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], len(order)), k[2], k[3], k[4])):
+    labels = {key: settings(recs[0]) for key, recs in groups.items()}  # "" (the defaults) first
+    for key in sorted(groups, key=lambda k: (k[0], k[1], order.get(k[2], len(order)), k[2], k[3], labels[k])):
         ds, st, method, mode, _ = key
         recs = groups[key]
         summaries = [(r.history or {})["balance"] for r in recs]
@@ -441,7 +445,9 @@ def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | N
                 return geomean([s[phase][term][where] for s in summaries if term in s.get(phase, {})])
 
             values = {(w, p): at(w, p) for w in balance.WHERE for p in balance.PHASES}
-            start = {balance.key(w, term): values[(w, "start")] for w in balance.WHERE}
+            # NaN over the student's parameters: not measured (a run with a resolver), not flagged
+            start = {balance.key(w, term): values[(w, "start")] for w in balance.WHERE
+                     if w == "taps" or not math.isnan(values[(w, "start")])}
             flag = balance.flagged(start)
             word = ""
             if flag:
@@ -449,17 +455,20 @@ def balance_table(store: ResultsStore, profile: str, students: Sequence[str] | N
                     math.isfinite(v) for v in start.values()) else False
                 word = f"{UNBALANCED} {'too weak' if low else 'too strong'}"
             rows.append([dataset_name(ds), STUDENT_NAMES.get(st, st), METHOD_NAMES.get(method, method),
-                         mode.upper() if mode == "rgb" else mode.capitalize(), settings(recs[0]) or "defaults",
+                         mode.upper() if mode == "rgb" else mode.capitalize(), labels[key] or "defaults",
                          term, str(len(recs)),
                          *(f"{values[('taps', p)]:.1e}" for p in balance.PHASES),
-                         *(f"{values[('student', p)]:.1e}" for p in balance.PHASES), word])
+                         *(MISSING if math.isnan(v) else f"{v:.1e}" for v in (values[("student", p)]
+                                                                            for p in balance.PHASES)), word])
     notes = [f"Loss balance, profile {profile!r}: ||d term/d x|| / ||d CE/d x|| with x the student taps the "
              "distiller reads (taps) or all the student's parameters (student), at the first logging step "
              "(start), the one nearest mid-training (middle) and the last (end); geometric mean over n seeds.",
              f"{UNBALANCED}: outside [{balance.LOW:g}, {balance.HIGH:g}] at the start by either measure: the term "
              "barely moves the student (too weak) or drowns CE (too strong); its weight is far off. "
              "Late in training CE's gradient shrinks as the training set is fitted, so end ratios grow "
-             "for every method. docs/tables.md, \"Loss balance\"."]
+             "for every method. docs/tables.md, \"Loss balance\".",
+             f"student {MISSING}: not measured; a run with a resolver measures at the taps only (its terms' "
+             "graphs end there: the resolved gradient is injected at the taps)."]
     return Grid(f"Loss balance: distillation terms beside CE ({profile} profile)", header, rows, notes)
 
 

@@ -13,3 +13,4 @@ for fmt in markdown latex csv; do
 done
 .venv/bin/kdbench table resolvers --profile cpu --metric cos --format markdown > "$out/resolvers-cos.md"
 .venv/bin/kdbench grid resolvers --profile cpu --seeds 0,1,2 --dry-run > "$out/cells.txt"
+cp "$KDBENCH_HOME/results.sqlite" "$out/results.sqlite"   # re-render: kdbench table resolvers ... --workdir $out

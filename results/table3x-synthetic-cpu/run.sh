@@ -10,4 +10,7 @@ for fmt in markdown latex csv; do
   ext=$([ $fmt = markdown ] && echo md || ([ $fmt = latex ] && echo tex || echo csv))
   .venv/bin/kdbench table 3 --spec table3x --profile cpu --students res18t --format $fmt > "$out/table3x.$ext"
 done
+.venv/bin/kdbench table 3 --spec table3x --profile cpu --students res18t --metric auc --format markdown > "$out/table3x-auc.md"
+.venv/bin/kdbench table balance --profile cpu --format markdown > "$out/balance.md"
 .venv/bin/kdbench grid table3x --profile cpu --students res18t --seeds 0,1,2 --dry-run > "$out/cells.txt"
+cp "$KDBENCH_HOME/results.sqlite" "$out/results.sqlite"   # re-render: kdbench table 3 ... --workdir $out
