@@ -310,6 +310,29 @@ def test_the_balance_table_names_a_resolver_and_leaves_its_unmeasured_ratio_unfl
     assert rows[1]["taps start"] == "3.0e-01" and rows[1]["flag"] == ""
 
 
+def test_a_term_without_a_gradient_is_too_weak_and_marks_its_fused_cell(tmp_path):
+    """DKD's non-target term has no gradient with two classes (ratio 0): the balance table shows 0 and
+    "too weak" (a geometric mean with a zero is zero, not NaN), and the extended Table 3 marks the
+    Fused cell as it marks RGB and Both cells."""
+    from kdbench.report.tables import balance_table
+
+    store = ResultsStore(Workspace(tmp_path).store_path)
+    (cell,) = [c for c in expand("table3x", students=["res18t"]) if c.cfg.method == "dkd"]
+    for seed in (0, 1):
+        rec = fake_record(dataclasses.replace(cell.cfg, seed=seed), 80.0 + seed)
+        rec.history["balance"] = {p: {"kd_tckd": {"step": 0, "taps": 2.0, "student": 2.0},
+                                      "kd_nckd": {"step": 0, "taps": 0.0, "student": 0.0}}
+                                  for p in ("start", "middle", "end")}
+        store.put(rec)
+    rows = [dict(zip(grid.header, r)) for grid in [balance_table(store, "cpu", None, None, None)] for r in grid.rows]
+    nckd = next(r for r in rows if r["Term"] == "kd_nckd")
+    assert nckd["taps start"] == "0.0e+00" and nckd["flag"].endswith("too weak")
+    assert next(r for r in rows if r["Term"] == "kd_tckd")["flag"] == ""
+    table = build_table(3, store, spec="table3x")
+    entry = dict(zip(table.header, table.rows[0]))["DKD Fused"]
+    assert entry.mark == "†" and any("DKD's non-target" in n for n in table.notes)
+
+
 def test_the_cells_table_lays_out_a_sweep_and_table3_refuses_it(tmp_path, cli):
     """FAKE records (test fixtures): a spec sweeping TOKD's alpha beside vanilla; each row is a
     cell, marked against vanilla by one standard error; Table 3 refuses the sweep in one line."""

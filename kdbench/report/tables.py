@@ -33,7 +33,9 @@ FUSED_NOTE = ("Fused = a logit distiller (KD, DKD, DIST) on the teacher's fused-
               "no per-branch classifier, so these methods have neither an RGB nor a Both variant.")
 UNBALANCED = "†"
 UNBALANCED_NOTE = ("†: a distillation term's gradient was below 1e-3 or above 1e3 of CE's at the start of "
-                   "training (in a seed's run): its weight is far off; `kdbench table balance` has the ratios.")
+                   "training (in a seed's run): its weight is far off, or the term carries nothing here (with two "
+                   "classes DKD's non-target and DIST's inter-class terms have no gradient: docs/baselines.md); "
+                   "`kdbench table balance` has the ratios.")
 MARK_NOTE = ("Mark on Both vs RGB: ↑/↓ when |mean_Both − mean_RGB| > SE = sqrt(s_RGB²/n_RGB + s_Both²/n_Both); "
              "≈ when within one SE (noise); ? when a cell has a single seed (no error estimate).")
 
@@ -225,7 +227,9 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
             row: list[Entry] = [dataset_name(ds), STUDENT_NAMES.get(st, st), stats.get((ds, st, "vanilla", "rgb"))]
             for m in methods:
                 if m in fused:
-                    row.append(stats.get((ds, st, m, "fused")))
+                    value = stats.get((ds, st, m, "fused"))
+                    row.append(Marked(value, UNBALANCED) if value is not None and unbalanced.get((ds, st, m, "fused"))
+                               else value)
                     continue
                 rgb, both = stats.get((ds, st, m, "rgb")), stats.get((ds, st, m, "both"))
                 flag = {mode: UNBALANCED if unbalanced.get((ds, st, m, mode)) else "" for mode in ("rgb", "both")}
@@ -394,9 +398,13 @@ def off_balance(records: Iterable[RunRecord]) -> bool:
 
 
 def geomean(values: Sequence[float]) -> float:
-    """Ratios span orders of magnitude: seeds are averaged in log space (NaN if any is not > 0)."""
-    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
+    """Ratios span orders of magnitude: seeds are averaged in log space; 0 if any is 0 (a term
+    without a gradient, e.g. DKD's non-target part with two classes); NaN if any is negative,
+    infinite or NaN."""
+    if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
         return math.nan
+    if min(values) == 0:
+        return 0.0
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
