@@ -226,14 +226,17 @@ def table3(look: Lookup, profile: str, students: Sequence[str] | None, datasets:
         for st in ordered(c.cfg.student for c in cells):
             row: list[Entry] = [dataset_name(ds), STUDENT_NAMES.get(st, st), stats.get((ds, st, "vanilla", "rgb"))]
             for m in methods:
+                flag = {mode: UNBALANCED if unbalanced.get((ds, st, m, mode)) else "" for mode in ("rgb", "both", "fused")}
+
+                def flagged(mode: str) -> Entry:  # a cell marked † alone (RGB, Fused; Both adds its direction)
+                    value = stats.get((ds, st, m, mode))
+                    return Marked(value, flag[mode]) if value is not None and flag[mode] else value
+
                 if m in fused:
-                    value = stats.get((ds, st, m, "fused"))
-                    row.append(Marked(value, UNBALANCED) if value is not None and unbalanced.get((ds, st, m, "fused"))
-                               else value)
+                    row.append(flagged("fused"))
                     continue
                 rgb, both = stats.get((ds, st, m, "rgb")), stats.get((ds, st, m, "both"))
-                flag = {mode: UNBALANCED if unbalanced.get((ds, st, m, mode)) else "" for mode in ("rgb", "both")}
-                row += [Marked(rgb, flag["rgb"]) if rgb is not None and flag["rgb"] else rgb,
+                row += [flagged("rgb"),
                         Marked(both, f"{direction(rgb, both)} {flag['both']}".strip()) if both is not None else None]
             rows.append(row)
             if paper:
